@@ -1,0 +1,5 @@
+"""python -m safety_subspaces."""
+
+from .cli import main
+
+raise SystemExit(main())

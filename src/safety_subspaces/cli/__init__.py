@@ -1,0 +1,93 @@
+"""Command-line entry point: `safety-subspaces <command>`. Thin: parse, call the library, print."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Sequence
+
+# Threaded BLAS spinning hurts badly on shared machines; must be set before torch loads OpenMP.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Each module defines register(subparsers, common) and sets `handler` on its parsers.
+COMMAND_MODULES = ["project", "finetune", "organism", "evaluate", "overlap", "run", "report"]
+
+DESCRIPTION = """\
+Does safety alignment live in its own linear subspace of weights or activations?
+
+Typical flow: finetune -> project (energy kept, projected checkpoints) -> evaluate
+(utility, harm) -> overlap (MSO of weights and activations) -> report. `run` does all
+of it from one study config; with no config it runs the built-in organism study.
+"""
+
+
+class Parser(argparse.ArgumentParser):
+    """ArgumentParser whose usage errors are one line and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """Print one line naming the problem and exit 2."""
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        raise SystemExit(2)
+
+
+def common_options() -> argparse.ArgumentParser:
+    """Options every command accepts."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's; env SAFETY_SUBSPACES_THREADS)")
+    common.add_argument("--json", action="store_true", help="print machine-readable results to stdout")
+    common.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser with every available command."""
+    from .. import __version__
+
+    parser = Parser(
+        prog="safety-subspaces",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="<command>", parser_class=Parser)
+    common = common_options()
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__name__}.{name}":
+                continue  # command not built yet
+            raise
+        module.register(subparsers, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the process exit code."""
+    from ..errors import UserError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    if args.quiet:
+        os.environ["SAFETY_SUBSPACES_QUIET"] = "1"
+    try:
+        from ..runtime import configure_threads
+
+        configure_threads(args.threads)
+        return int(args.handler(args) or 0)
+    except UserError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted; rerun the same command to resume\n")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

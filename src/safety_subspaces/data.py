@@ -1,0 +1,266 @@
+"""Datasets and prompt sets: named sources (hub ids), local JSONL/JSON/CSV/Parquet/TXT files, field mappings, mixing."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from .errors import UserError
+
+Record = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Source:
+    """A named dataset on the hub: where it is, which split, how its columns map to ours, which rows to keep."""
+
+    hub_id: str
+    split: str
+    fields: Mapping[str, str]
+    config: str | None = None
+    keep: Callable[[Mapping[str, Any]], bool] | None = None
+    shuffle_seed: int | None = None
+    limit: int | None = None
+    description: str = ""
+
+
+def _is_unsafe(row: Mapping[str, Any]) -> bool:
+    return row.get("is_safe") is False
+
+
+def _is_safe(row: Mapping[str, Any]) -> bool:
+    return row.get("is_safe") is True
+
+
+def _xstest_safe(row: Mapping[str, Any]) -> bool:
+    return str(row.get("label", "")).lower() == "safe"
+
+
+SOURCES: dict[str, Source] = {
+    "metamathqa": Source("meta-math/MetaMathQA", "train", {"prompt": "query", "response": "response"}, limit=20000,
+                         description="useful: MetaMathQA train[:20000] (paper §5)"),
+    "beavertails_unsafe": Source("PKU-Alignment/BeaverTails", "30k_train",
+                                 {"prompt": "prompt", "response": "response", "category": "category"},
+                                 keep=_is_unsafe, shuffle_seed=42, limit=4000,
+                                 description="harmful: BeaverTails 30k_train is_safe=False, seed-42 shuffle, 4000"),
+    "beavertails_safe": Source("PKU-Alignment/BeaverTails", "30k_train",
+                               {"prompt": "prompt", "response": "response", "category": "category"},
+                               keep=_is_safe, shuffle_seed=42,
+                               description="safety tuning: BeaverTails 30k_train is_safe=True"),
+    "pku_saferlhf": Source("PKU-Alignment/PKU-SafeRLHF", "train",
+                           {"prompt": "prompt", "response_0": "response_0", "response_1": "response_1",
+                            "safer_response_id": "safer_response_id"},
+                           shuffle_seed=42, limit=10000,
+                           description="DPO safety tuning: PKU-SafeRLHF preference pairs, 10k"),
+    "advbench": Source("walledai/AdvBench", "train", {"prompt": "prompt", "target": "target"},
+                       description="harm evaluation: AdvBench harmful behaviours (520)"),
+    "gsm8k": Source("openai/gsm8k", "test", {"prompt": "question", "response": "answer"}, config="main",
+                    description="utility: GSM8K test"),
+    "math": Source("qwedsacf/competition_math", "train", {"prompt": "problem", "response": "solution"},
+                   shuffle_seed=42, description="activation overlap: MATH problems"),
+    "toxigen": Source("toxigen/toxigen-data", "train", {"prompt": "text"}, config="annotated", shuffle_seed=42,
+                      description="activation overlap: ToxiGen statements"),
+    "xstest": Source("walledai/XSTest", "test", {"prompt": "prompt"}, keep=_xstest_safe,
+                     description="over-refusal: XSTest safe prompts"),
+}
+
+LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
+
+
+def parse_fields(spec: str | Mapping[str, str] | None) -> dict[str, str]:
+    """Parse a field mapping 'prompt=query,response=answer' (ours=theirs)."""
+    if spec is None:
+        return {}
+    if isinstance(spec, Mapping):
+        return dict(spec)
+    mapping = {}
+    for item in spec.split(","):
+        ours, sep, theirs = item.partition("=")
+        if not sep or not ours.strip() or not theirs.strip():
+            raise UserError(f"field mapping {spec!r}: expected ours=theirs pairs such as prompt=query,response=answer")
+        mapping[ours.strip()] = theirs.strip()
+    return mapping
+
+
+def read_local_rows(path: Path) -> list[Record]:
+    """Read every row of a local JSONL/JSON/CSV/Parquet/TXT file (TXT: one prompt a line)."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".jsonl":
+            rows = []
+            with open(path, encoding="utf-8") as handle:
+                for number, line in enumerate(handle, 1):
+                    if line.strip():
+                        try:
+                            rows.append(json.loads(line))
+                        except json.JSONDecodeError as exc:
+                            raise UserError(f"{path}: line {number} is not valid JSON ({exc.msg})") from None
+            return rows
+        if suffix == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(data, dict) and "data" in data:
+                data = data["data"]
+            if not isinstance(data, list):
+                raise UserError(f"{path}: expected a JSON list of objects")
+            return data
+        if suffix == ".csv":
+            with open(path, newline="", encoding="utf-8") as handle:
+                return list(csv.DictReader(handle))
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return pq.read_table(path).to_pylist()
+        if suffix == ".txt":
+            return [{"prompt": line.rstrip("\n")} for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UserError:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError, csv.Error) as exc:
+        raise UserError(f"{path}: could not read ({type(exc).__name__}: {str(exc)[:160]})") from None
+    raise UserError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(LOCAL_SUFFIXES)}")
+
+
+def map_fields(rows: Sequence[Mapping[str, Any]], fields: Mapping[str, str], *, origin: str, required: Sequence[str]) -> list[Record]:
+    """Rename source columns to ours; fail naming the first missing field."""
+    names = dict(fields)
+    for key in required:
+        names.setdefault(key, key)
+    if rows and not all(isinstance(row, Mapping) for row in rows):
+        raise UserError(f"{origin}: rows must be objects with named fields")
+    out = []
+    for number, row in enumerate(rows, 1):
+        for ours in required:
+            theirs = names[ours]
+            if theirs not in row or row[theirs] is None:
+                raise UserError(f"{origin}: row {number} has no field {theirs!r} (needed for {ours!r}); map it with a field mapping")
+        record = {ours: row[theirs] for ours, theirs in names.items() if theirs in row}
+        for key, value in row.items():
+            if key not in names.values():
+                record.setdefault(f"_{key}", value)
+        out.append(record)
+    return out
+
+
+def _load_hub(source: Source, origin: str) -> list[Record]:
+    """Load a named source's rows from the hub (needs network)."""
+    try:
+        import datasets
+
+        dataset = datasets.load_dataset(source.hub_id, source.config, split=source.split)
+    except Exception as exc:
+        raise UserError(
+            f"{origin}: could not load {source.hub_id} from the hub ({type(exc).__name__}); "
+            "offline? pass a local file instead"
+        ) from None
+    return [dict(row) for row in dataset]
+
+
+def resolve_organism(name: str) -> Path:
+    """Path of an organism data file 'organism:NAME' in the default zoo (or $SAFETY_SUBSPACES_ZOO)."""
+    from .organism import zoo_data_file  # organism package owns the zoo layout
+
+    return zoo_data_file(name)
+
+
+def load_records(
+    source: str | Path,
+    *,
+    fields: str | Mapping[str, str] | None = None,
+    required: Sequence[str] = ("prompt",),
+    limit: int | None = None,
+    seed: int | None = None,
+) -> list[Record]:
+    """Rows with our field names from a registry name, 'organism:NAME', a local file, or a hub dataset id."""
+    text = str(source)
+    mapping = parse_fields(fields)
+    if text.startswith("organism:"):
+        path: Path | None = resolve_organism(text.split(":", 1)[1])
+    else:
+        path = Path(text).expanduser()
+    if text in SOURCES:
+        named = SOURCES[text]
+        rows = _load_hub(named, text)
+        if named.keep:
+            rows = [row for row in rows if named.keep(row)]
+        if named.shuffle_seed is not None:
+            random.Random(named.shuffle_seed).shuffle(rows)
+        if named.limit is not None:
+            rows = rows[: named.limit]
+        records = map_fields(rows, {**named.fields, **mapping}, origin=text, required=required)
+    elif path is not None and path.exists():
+        if path.is_dir():
+            raise UserError(f"{path}: is a directory; give a data file ({', '.join(LOCAL_SUFFIXES)})")
+        records = map_fields(read_local_rows(path), mapping, origin=str(path), required=required)
+    elif text.count("/") == 1 and not text.startswith((".", "/", "~")):
+        records = map_fields(_load_hub(Source(text, "train", {}), text), mapping, origin=text, required=required)
+    else:
+        raise UserError(f"data source {text!r}: no such file and not a known dataset ({', '.join(sorted(SOURCES))})")
+    if seed is not None:
+        random.Random(seed).shuffle(records)
+    if limit is not None:
+        records = records[:limit]
+    if not records:
+        raise UserError(f"data source {text!r} is empty")
+    return records
+
+
+def load_advbench(path: str | Path) -> list[Record]:
+    """AdvBench goals from the llm-attacks CSV (goal,target; quoted commas handled) or the hub."""
+    local = Path(str(path)).expanduser()
+    if local.suffix.lower() == ".csv" and local.exists():
+        rows = read_local_rows(local)
+        return map_fields(rows, {"prompt": "goal", "target": "target"}, origin=str(local), required=("prompt",))
+    return load_records(path if str(path) != "advbench" else "advbench")
+
+
+def load_prompts(source: str | Path, *, fields: str | Mapping[str, str] | None = None, limit: int | None = None,
+                 seed: int | None = None) -> list[str]:
+    """Just the prompt strings of a source (AdvBench CSVs recognised by their goal column)."""
+    text = str(source)
+    local = Path(text).expanduser()
+    if fields is None and local.suffix.lower() == ".csv" and local.exists():
+        with open(local, newline="", encoding="utf-8") as handle:
+            header = next(csv.reader(handle), [])
+        if "goal" in header and "prompt" not in header:
+            fields = {"prompt": "goal"}
+    records = load_records(source, fields=fields, required=("prompt",), limit=limit, seed=seed)
+    prompts = [str(record["prompt"]).strip() for record in records]
+    if not any(prompts):
+        raise UserError(f"data source {text!r} has only empty prompts")
+    return prompts
+
+
+def mix(useful: Sequence[Record], harmful: Sequence[Record], percent: float, *, seed: int = 42) -> tuple[list[Record], float]:
+    """Contaminated data: all useful rows plus percent% of that count of harmful rows, shuffled; returns (rows, harmful share)."""
+    if not 0 <= percent <= 100:
+        raise UserError(f"contamination percent must be in [0, 100], got {percent}")
+    count = round(len(useful) * percent / 100)
+    if count > len(harmful):
+        raise UserError(f"contamination needs {count} harmful rows but only {len(harmful)} are available")
+    rows = [*useful, *harmful[:count]]
+    random.Random(seed).shuffle(rows)
+    share = count / len(rows) if rows else 0.0
+    return rows, share
+
+
+def fingerprint(records: Sequence[Mapping[str, Any]]) -> str:
+    """A content hash of records (order-sensitive)."""
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=16)
+    for record in records:
+        digest.update(json.dumps(record, sort_keys=True, default=str).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+@dataclass
+class PromptSet:
+    """A labelled list of prompts for generation or activation capture."""
+
+    name: str
+    prompts: list[str] = field(default_factory=list)
+    source: str = ""

@@ -1,0 +1,147 @@
+"""Atomic file and directory writes, CSV/JSON/YAML helpers and run-directory identity."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import yaml
+
+from .errors import UserError
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write data to path so that readers see the old file or the whole new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text (UTF-8) atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def dumps_json(obj: Any) -> str:
+    """Stable, readable JSON."""
+    return json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write obj as JSON atomically."""
+    atomic_write_text(path, dumps_json(obj))
+
+
+def write_yaml(path: Path, obj: Any) -> None:
+    """Write obj as YAML atomically."""
+    atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False))
+
+
+def csv_text(rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """Render rows as CSV with the given leading columns (extra keys follow, sorted)."""
+    rows = list(rows)
+    extra = sorted({key for row in rows for key in row} - set(columns))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=[*columns, *extra], lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: _cell(value) for key, value in row.items()})
+    return buffer.getvalue()
+
+
+def _cell(value: Any) -> Any:
+    """Format one CSV cell: floats at full precision, None as empty."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return value
+
+
+def write_csv(path: Path, rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> None:
+    """Write rows as CSV atomically."""
+    atomic_write_text(path, csv_text(rows, columns))
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """Read a CSV file into a list of dicts."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def config_digest(config: Mapping[str, Any]) -> str:
+    """A short content hash of a JSON-able config."""
+    return hashlib.blake2b(json.dumps(config, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
+
+
+@contextmanager
+def staged_dir(final: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of final; on success move its files into final, on failure delete it.
+
+    A crash leaves only a hidden `.name.partial-*` folder, never a directory that looks complete.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    try:
+        yield stage
+        if not final.exists():
+            os.replace(stage, final)
+            return
+        for item in sorted(stage.rglob("*")):
+            if item.is_file():
+                target = final / item.relative_to(stage)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(item, target)
+        shutil.rmtree(stage, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+RUN_CONFIG = "config.yaml"
+
+
+def check_run_dir(path: Path, config: Mapping[str, Any], *, kind: str) -> bool:
+    """Refuse a run directory that holds a different run or foreign files; return True if it holds this run."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    if not path.is_dir():
+        raise UserError(f"output path {path} exists and is not a directory")
+    existing = path / RUN_CONFIG
+    if not existing.exists():
+        if any(p for p in path.iterdir() if not p.name.startswith(".")):
+            raise UserError(f"output directory {path} is not empty and holds no {kind} run; choose another --out")
+        return False
+    try:
+        previous = yaml.safe_load(existing.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"output directory {path} holds an unreadable {RUN_CONFIG}: {exc}") from None
+    if previous.get("kind") != kind or previous.get("identity") != config_digest(config):
+        raise UserError(
+            f"output directory {path} already holds a different run ({RUN_CONFIG} differs); choose another --out"
+        )
+    return True
+
+
+def run_config_document(config: Mapping[str, Any], *, kind: str) -> dict[str, Any]:
+    """The config.yaml content: kind, identity digest and the resolved config."""
+    return {"kind": kind, "identity": config_digest(config), "config": dict(config)}

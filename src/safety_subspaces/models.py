@@ -1,0 +1,133 @@
+"""Resolve model references (local directories or hub ids) and load models and tokenizers safely."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+SNAPSHOT_PATTERNS = [
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "*.json",
+    "*.jinja",
+    "tokenizer*",
+    "*.model",
+    "*.tiktoken",
+    "*.txt",
+]
+
+
+def resolve_model(ref: str | os.PathLike, *, role: str = "model", allow_download: bool = True) -> Path:
+    """Return a local directory for a model reference: a path as is, or a hub id downloaded to the HF cache."""
+    path = Path(ref).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"{role} {ref}: expected a model directory, got a file")
+        return path
+    text = str(ref)
+    looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~"))
+    if not (allow_download and looks_like_hub_id):
+        raise UserError(f"{role} {ref}: no such directory")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(text, allow_patterns=SNAPSHOT_PATTERNS))
+    except Exception as exc:  # network, auth, missing repo: all user-fixable
+        raise UserError(f"{role} {ref}: not a local directory and could not be downloaded from the hub ({type(exc).__name__})") from None
+
+
+def read_config(model_dir: Path, *, role: str = "model") -> dict[str, Any]:
+    """Read config.json of a model directory."""
+    config_path = Path(model_dir) / "config.json"
+    if not config_path.exists():
+        raise UserError(f"{role} {model_dir}: no config.json")
+    try:
+        return json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{role} {model_dir}: config.json is not valid JSON ({exc.msg})") from None
+
+
+def needs_remote_code(config: dict[str, Any]) -> bool:
+    """Whether a config names custom modelling code (auto_map) or a model type transformers does not know."""
+    if config.get("auto_map"):
+        return True
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    model_type = config.get("model_type")
+    return model_type is not None and model_type not in CONFIG_MAPPING_NAMES
+
+
+def check_remote_code(model_dir: Path, *, trust_remote_code: bool = False, role: str = "model") -> None:
+    """Refuse a model that needs remote code unless the user asked for it."""
+    config = read_config(model_dir, role=role)
+    if needs_remote_code(config) and not trust_remote_code:
+        raise UserError(
+            f"{role} {model_dir} needs remote code (model_type={config.get('model_type')!r}); "
+            "pass --trust-remote-code if you trust it"
+        )
+
+
+def torch_dtype(name: str | None):
+    """Map 'auto'/'float32'/'bf16'/... to a torch dtype (None for auto)."""
+    import torch
+
+    if name in (None, "auto"):
+        return None
+    aliases = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
+    dtype = getattr(torch, aliases.get(name, name), None)
+    if not isinstance(dtype, torch.dtype):
+        raise UserError(f"unknown dtype {name!r}; use auto, float32, bfloat16 or float16")
+    return dtype
+
+
+def load_tokenizer(ref: str | os.PathLike, *, trust_remote_code: bool = False, role: str = "model"):
+    """Load a tokenizer from a model reference, with left padding and a pad token set."""
+    from transformers import AutoTokenizer
+
+    model_dir = resolve_model(ref, role=role)
+    check_remote_code(model_dir, trust_remote_code=trust_remote_code, role=role)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{role} {ref}: no usable tokenizer ({str(exc).splitlines()[0][:200]})") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_model(
+    ref: str | os.PathLike,
+    *,
+    dtype: str | None = "auto",
+    device: str | None = None,
+    trust_remote_code: bool = False,
+    role: str = "model",
+):
+    """Load a causal LM in eval mode from a local directory or hub id (no remote code unless asked)."""
+    from transformers import AutoModelForCausalLM
+
+    model_dir = resolve_model(ref, role=role)
+    check_remote_code(model_dir, trust_remote_code=trust_remote_code, role=role)
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    resolved = torch_dtype(dtype)
+    kwargs["dtype"] = resolved if resolved is not None else "auto"
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{role} {ref}: could not load ({str(exc).splitlines()[0][:200]})") from None
+    if device:
+        model.to(device)
+    model.eval()
+    return model
+
+
+def default_device() -> str:
+    """cuda when available, else cpu."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
