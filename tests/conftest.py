@@ -1,0 +1,29 @@
+"""Test settings shared by every test: offline, quiet, one torch thread unless told otherwise."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ["SAFETY_SUBSPACES_QUIET"] = "1"
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ.get("SAFETY_SUBSPACES_THREADS", "1")))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    """Keep caches (SVD cache, default zoo) out of the user's home."""
+    home = tmp_path_factory.getbasetemp() / "ss-home"
+    monkeypatch.setenv("SAFETY_SUBSPACES_HOME", str(home))
+    yield
