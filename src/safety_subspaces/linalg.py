@@ -1,0 +1,301 @@
+"""Pure linear algebra of the paper: bases, ranks, projections, energies, cosines and Mode Subspace Overlap.
+
+No files, no models: tensors in, tensors or floats out. Conventions (DESIGN.md §2-4):
+a tensor is a matrix M (m x n) in its stored layout; 1-D tensors are (n x 1), >=3-D are (shape[0], -1);
+bases are orthonormal columns B (m x k) of the output (left) side; P = B B^T.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Literal
+
+import torch
+
+Scheme = Literal["parallel", "orthogonal", "opposite"]
+SubspaceKind = Literal["top_k", "random_k", "random"]
+SCHEMES: tuple[str, ...] = ("parallel", "orthogonal", "opposite")
+SUBSPACE_KINDS: tuple[str, ...] = ("top_k", "random_k", "random")
+SCHEME_ALIASES = {"same": "parallel", "orth": "orthogonal", "opp": "opposite"}
+
+# Gram-matrix eigh replaces the SVD when m >= GRAM_RATIO * n (very tall, e.g. vocab x hidden embeddings).
+GRAM_RATIO = 4
+GRAM_MAX_SIDE = 16384
+
+
+def as_matrix(tensor: torch.Tensor) -> torch.Tensor:
+    """View a tensor as the matrix the paper decomposes: 1-D -> (n, 1), >=3-D -> (shape[0], -1)."""
+    if tensor.ndim == 0:
+        return tensor.reshape(1, 1)
+    if tensor.ndim == 1:
+        return tensor.reshape(-1, 1)
+    if tensor.ndim == 2:
+        return tensor
+    return tensor.reshape(tensor.shape[0], -1)
+
+
+def matrix_rank_bound(shape: Iterable[int]) -> int:
+    """r = min(m, n) of the matrix view of a tensor of this shape."""
+    shape = tuple(shape)
+    if len(shape) == 0:
+        return 1
+    if len(shape) == 1:
+        return 1
+    m = shape[0]
+    n = math.prod(shape[1:])
+    return min(m, n)
+
+
+def check_fraction(value: float, name: str = "fraction") -> float:
+    """Return value if it lies in (0, 1], else raise ValueError naming it."""
+    if not (isinstance(value, (int, float)) and 0 < value <= 1 and math.isfinite(value)):
+        raise ValueError(f"{name} must lie in (0, 1], got {value!r}")
+    return float(value)
+
+
+def rank_from_fraction(fraction: float, r: int) -> int:
+    """k = max(1, round(fraction * r)) (the reference code's rule; the paper writes floor); 0 when r = 0."""
+    check_fraction(fraction)
+    if r <= 0:
+        return 0
+    return min(r, max(1, round(fraction * r)))
+
+
+def rank_from_energy(singular_values: torch.Tensor, eta: float, total_energy: float, *, rtol: float = 1e-6) -> int:
+    """Smallest k with sum_{i<=k} sigma_i^2 >= eta * total_energy, total_energy being the exact ||M||_F^2.
+
+    rtol absorbs float round-off between the spectrum and the directly computed total (eta = 1 stays reachable).
+    If the given spectrum cannot reach eta * total (a truncated spectrum), all of it is used.
+    """
+    check_fraction(eta, "eta")
+    if total_energy <= 0 or singular_values.numel() == 0:
+        return 0
+    cumulative = torch.cumsum(singular_values.double() ** 2, dim=0)
+    target = eta * total_energy * (1 - rtol)
+    reached = torch.nonzero(cumulative >= target)
+    if reached.numel() == 0:
+        return int(singular_values.numel())
+    return int(reached[0].item()) + 1
+
+
+def frobenius_sq(tensor: torch.Tensor) -> float:
+    """||M||_F^2 in float64."""
+    flat = tensor.reshape(-1).double()
+    return float(flat @ flat)
+
+
+def inner(a: torch.Tensor, b: torch.Tensor) -> float:
+    """<a, b> over all entries, in float64."""
+    return float(a.reshape(-1).double() @ b.reshape(-1).double())
+
+
+def _svd_left(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left singular vectors via LAPACK on the tall orientation."""
+    m, n = matrix.shape
+    if m >= n:
+        u, s, _ = torch.linalg.svd(matrix, full_matrices=False)
+        return u, s
+    _, s, vh = torch.linalg.svd(matrix.T, full_matrices=False)
+    return vh.T, s
+
+
+def _orthonormal_completion(basis: torch.Tensor, total_columns: int, seed: int = 0) -> torch.Tensor:
+    """Extend orthonormal columns to total_columns orthonormal columns (an arbitrary, seeded completion)."""
+    m, k = basis.shape
+    if k >= total_columns:
+        return basis
+    generator = torch.Generator().manual_seed(seed)
+    extra = torch.randn(m, total_columns - k, generator=generator, dtype=basis.dtype)
+    for _ in range(2):  # two rounds of projection keep the completion orthogonal to the basis in floating point
+        extra = extra - basis @ (basis.T @ extra)
+    q, _ = torch.linalg.qr(extra)
+    return torch.cat([basis, q], dim=1)
+
+
+def _gram_left(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left singular vectors of a very tall matrix from eigh of its n x n Gram matrix (float64)."""
+    m, n = matrix.shape
+    wide = matrix.double()
+    eigenvalues, vectors = torch.linalg.eigh(wide.T @ wide)
+    eigenvalues = eigenvalues.flip(0).clamp_min(0)
+    vectors = vectors.flip(1)
+    singular = eigenvalues.sqrt()
+    tolerance = singular[0] * max(m, n) * torch.finfo(torch.float32).eps if n else 0.0
+    keep = int((singular > tolerance).sum()) if n else 0
+    left = (wide @ vectors[:, :keep]) / singular[:keep]
+    left = _orthonormal_completion(left, n)
+    return left.float(), singular.float()
+
+
+def left_singular(matrix: torch.Tensor, *, method: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact thin SVD's left factor U (m x r) and singular values (r,), descending, computed in fp32 or better.
+
+    method: "svd" (LAPACK on the tall orientation), "gram" (eigh of the smaller Gram matrix in float64), or
+    "auto" (gram for very tall matrices, svd otherwise). A zero matrix gives an empty basis (m x 0).
+    """
+    matrix = as_matrix(matrix).float()
+    m, n = matrix.shape
+    if not torch.any(matrix):
+        return matrix.new_zeros(m, 0), matrix.new_zeros(0)
+    if method == "auto":
+        method = "gram" if (m >= GRAM_RATIO * n and n <= GRAM_MAX_SIDE) else "svd"
+    if method == "svd":
+        return _svd_left(matrix)
+    if method == "gram":
+        if m < n:
+            raise ValueError("gram method needs a tall matrix (m >= n)")
+        return _gram_left(matrix)
+    raise ValueError(f"unknown SVD method {method!r}; use auto, svd or gram")
+
+
+def haar_frame(m: int, k: int, seed: int, *, width: int | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """k orthonormal columns spanning a Haar-random k-dim subspace of R^m.
+
+    Frames drawn with the same seed and width are nested in k (the first k columns of one random frame).
+    """
+    width = k if width is None else width
+    if not k <= width <= m:
+        raise ValueError(f"cannot draw {k} of {width} orthonormal columns in R^{m}")
+    if k == 0:
+        return torch.zeros(m, 0, dtype=dtype)
+    generator = torch.Generator().manual_seed(seed)
+    gaussian = torch.randn(m, width, generator=generator, dtype=torch.float64)[:, :k]
+    q, r = torch.linalg.qr(gaussian)
+    signs = torch.sign(torch.diagonal(r))
+    signs[signs == 0] = 1
+    return (q * signs).to(dtype)
+
+
+def random_order(r: int, seed: int) -> torch.Tensor:
+    """A seeded permutation of range(r): its first k entries choose k of r columns uniformly (nested in k)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(r, generator=generator)
+
+
+def subspace_frame(kind: str, left: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """The first k columns of the ordered frame of a subspace kind: top_k, random_k (of U's columns) or random (Haar)."""
+    m, r = left.shape
+    if k > r:
+        raise ValueError(f"k = {k} exceeds the {r} available directions")
+    if kind == "top_k":
+        return left[:, :k]
+    if kind == "random_k":
+        return left[:, random_order(r, seed)[:k]]
+    if kind == "random":
+        return haar_frame(m, k, seed, width=r, dtype=left.dtype)
+    raise ValueError(f"unknown subspace kind {kind!r}; use one of {', '.join(SUBSPACE_KINDS)}")
+
+
+def canonical_scheme(scheme: str) -> str:
+    """Map paper/reference aliases (same, orth, opp) to parallel, orthogonal, opposite."""
+    scheme = SCHEME_ALIASES.get(scheme, scheme)
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
+    return scheme
+
+
+def project(basis: torch.Tensor, delta: torch.Tensor, scheme: str) -> torch.Tensor:
+    """The projected update: parallel P delta, orthogonal (I - P) delta, opposite -P delta; P = B B^T; shape kept."""
+    scheme = canonical_scheme(scheme)
+    matrix = as_matrix(delta).float()
+    basis = basis.to(matrix.dtype)
+    parallel = basis @ (basis.T @ matrix) if basis.shape[1] else torch.zeros_like(matrix)
+    if scheme == "parallel":
+        out = parallel
+    elif scheme == "orthogonal":
+        out = matrix - parallel
+    else:
+        out = -parallel
+    return out.reshape(delta.shape)
+
+
+def projected_weight(weight: torch.Tensor, projected_delta: torch.Tensor) -> torch.Tensor:
+    """W_A/S.float() + projected delta, cast once to the stored dtype of W_A/S."""
+    return (weight.float() + projected_delta.float()).to(weight.dtype)
+
+
+def coefficient_energies(frame: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """e_i = ||f_i^T delta||^2 for each frame column (float64): cumulative sums give parallel energy for every k."""
+    matrix = as_matrix(delta).float()
+    if frame.shape[1] == 0:
+        return torch.zeros(0, dtype=torch.float64)
+    coefficients = (frame.T.float() @ matrix).double()
+    return (coefficients**2).sum(dim=1)
+
+
+def parallel_energies(frame: torch.Tensor, delta: torch.Tensor, ks: Iterable[int]) -> list[float]:
+    """||P_k delta||_F^2 for each k, with P_k the projector onto the first k frame columns."""
+    cumulative = torch.cumsum(coefficient_energies(frame, delta), dim=0)
+    return [float(cumulative[k - 1]) if k > 0 else 0.0 for k in ks]
+
+
+def scheme_energy(parallel_energy: float, total_energy: float, scheme: str) -> float:
+    """||delta_tilde||^2 of a scheme from the parallel part and ||delta||^2 (clamped at 0 against round-off)."""
+    scheme = canonical_scheme(scheme)
+    if scheme == "orthogonal":
+        return max(total_energy - parallel_energy, 0.0)
+    return parallel_energy
+
+
+def scheme_inner(parallel_energy: float, total_energy: float, scheme: str) -> float:
+    """<delta, delta_tilde> of a scheme (orthogonal projectors make it the kept energy, negated for opposite)."""
+    kept = scheme_energy(parallel_energy, total_energy, scheme)
+    return -kept if canonical_scheme(scheme) == "opposite" else kept
+
+
+def energy_kept(kept_energy: float, total_energy: float) -> float:
+    """E = sum ||delta_tilde||^2 / sum ||delta||^2 (nan when the update is zero)."""
+    return kept_energy / total_energy if total_energy > 0 else float("nan")
+
+
+def cosine_from_parts(dot: float, norm_sq_a: float, norm_sq_b: float) -> float:
+    """<a,b> / (||a|| ||b||) from pooled parts (nan when either is zero)."""
+    if norm_sq_a <= 0 or norm_sq_b <= 0:
+        return float("nan")
+    return dot / math.sqrt(norm_sq_a * norm_sq_b)
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Cosine similarity of two tensors over all entries."""
+    return cosine_from_parts(inner(a, b), frobenius_sq(a), frobenius_sq(b))
+
+
+def energy_basis(matrix: torch.Tensor, eta: float, *, method: str = "auto") -> torch.Tensor:
+    """Q: the first k left singular vectors, k the smallest rank holding eta of the exact ||M||_F^2."""
+    left, singular = left_singular(matrix, method=method)
+    k = rank_from_energy(singular, eta, frobenius_sq(as_matrix(matrix)))
+    return left[:, :k]
+
+
+def mso(basis_a: torch.Tensor, basis_b: torch.Tensor) -> float:
+    """Mode Subspace Overlap ||Q_a^T Q_b||_F^2 / min(k_a, k_b): the mean cos^2 of the principal angles."""
+    k = min(basis_a.shape[1], basis_b.shape[1])
+    if k == 0:
+        return float("nan")
+    cross = basis_a.double().T @ basis_b.double()
+    return float((cross**2).sum()) / k
+
+
+def mso_random_baseline(k_a: int, k_b: int, d: int) -> float:
+    """Expected MSO of independent Haar subspaces of dims k_a, k_b in R^d: max(k_a, k_b) / d."""
+    if min(k_a, k_b) == 0 or d <= 0:
+        return float("nan")
+    return max(k_a, k_b) / d
+
+
+def principal_cosines(basis_a: torch.Tensor, basis_b: torch.Tensor) -> torch.Tensor:
+    """Cosines of the principal angles between two column spans, descending."""
+    return torch.linalg.svdvals(basis_a.double().T @ basis_b.double())
+
+
+def second_moment_spectrum(second_moment: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left singular vectors and singular values of A^T (d x n) from its d x d second moment A^T A, descending."""
+    eigenvalues, vectors = torch.linalg.eigh(second_moment.double())
+    return vectors.flip(1), eigenvalues.flip(0).clamp_min(0).sqrt()
+
+
+def second_moment_basis(second_moment: torch.Tensor, eta: float) -> torch.Tensor:
+    """Q from a second moment matrix: eigenvectors holding eta of its trace (= the exact ||A||_F^2)."""
+    vectors, singular = second_moment_spectrum(second_moment)
+    k = rank_from_energy(singular, eta, float(torch.trace(second_moment.double())))
+    return vectors[:, :k]
