@@ -159,11 +159,11 @@ def haar_frame(m: int, k: int, seed: int, *, width: int | None = None, dtype: to
     if k == 0:
         return torch.zeros(m, 0, dtype=dtype)
     generator = torch.Generator().manual_seed(seed)
-    gaussian = torch.randn(m, width, generator=generator, dtype=torch.float64)[:, :k]
+    gaussian = torch.randn(m, width, generator=generator, dtype=torch.float64)[:, :k].to(dtype)
     q, r = torch.linalg.qr(gaussian)
     signs = torch.sign(torch.diagonal(r))
     signs[signs == 0] = 1
-    return (q * signs).to(dtype)
+    return q * signs
 
 
 def random_order(r: int, seed: int) -> torch.Tensor:

@@ -1,0 +1,100 @@
+"""Spectra of difference tensors (W_x - W_y per tensor), computed once and cached on disk by checkpoint fingerprints."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import linalg
+from .checkpoints import Checkpoint
+from .files import atomic_write_bytes, atomic_write_text
+from .paths import svd_cache_dir
+
+CACHE_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    """Left singular vectors (m x r), singular values (r,) and the exact ||M||_F^2 of one difference tensor."""
+
+    left: torch.Tensor
+    singular: torch.Tensor
+    total: float
+
+    @property
+    def is_zero(self) -> bool:
+        """Whether the difference is exactly zero (an empty basis)."""
+        return self.left.shape[1] == 0
+
+
+def difference(minuend: Checkpoint, subtrahend: Checkpoint, name: str, *, device: str = "cpu") -> torch.Tensor:
+    """W_minuend - W_subtrahend for one tensor, taken in float32 from the stored dtypes."""
+    return minuend.read(name).to(device=device, dtype=torch.float32) - subtrahend.read(name).to(device=device, dtype=torch.float32)
+
+
+class SpectrumCache:
+    """Left factors of (minuend - subtrahend) per tensor, on disk under a key of both fingerprints and the method."""
+
+    def __init__(self, minuend: Checkpoint, subtrahend: Checkpoint, *, root: Path | None = None,
+                 method: str = "auto", device: str = "cpu"):
+        self.minuend, self.subtrahend = minuend, subtrahend
+        self.method, self.device = method, device
+        key = hashlib.blake2b(
+            "|".join([CACHE_VERSION, minuend.fingerprint(), subtrahend.fingerprint(), method]).encode(), digest_size=12
+        ).hexdigest()
+        self.directory = Path(root or svd_cache_dir()) / key
+        self.computed = 0  # decompositions done by this object (a warm cache does none)
+        self.reused = 0
+
+    def _path(self, name: str) -> Path:
+        """Cache file of one tensor."""
+        return self.directory / f"{name}.safetensors"
+
+    def load(self, name: str) -> Spectrum | None:
+        """The cached spectrum of a tensor, or None (an unreadable entry counts as missing)."""
+        path = self._path(name)
+        if not path.exists():
+            return None
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
+                total = float(handle.metadata()["total"])
+                return Spectrum(handle.get_tensor("left"), handle.get_tensor("singular"), total)
+        except Exception:
+            return None
+
+    def store(self, name: str, spectrum: Spectrum) -> None:
+        """Write one tensor's spectrum atomically."""
+        from safetensors.torch import save
+
+        payload = save(
+            {"left": spectrum.left.contiguous().cpu(), "singular": spectrum.singular.contiguous().cpu()},
+            metadata={"total": repr(spectrum.total), "name": name},
+        )
+        atomic_write_bytes(self._path(name), payload)
+        meta = self.directory / "meta.json"
+        if not meta.exists():
+            atomic_write_text(meta, json.dumps({
+                "minuend": str(self.minuend.path), "subtrahend": str(self.subtrahend.path),
+                "minuend_fingerprint": self.minuend.fingerprint(),
+                "subtrahend_fingerprint": self.subtrahend.fingerprint(), "method": self.method,
+            }, indent=2))
+
+    def get(self, name: str, delta: torch.Tensor | None = None) -> Spectrum:
+        """The spectrum of a tensor's difference: from the cache, or decomposed once and stored."""
+        cached = self.load(name)
+        if cached is not None:
+            self.reused += 1
+            return cached
+        if delta is None:
+            delta = difference(self.minuend, self.subtrahend, name, device=self.device)
+        left, singular = linalg.left_singular(delta, method=self.method)
+        spectrum = Spectrum(left.cpu(), singular.cpu(), linalg.frobenius_sq(delta))
+        self.store(name, spectrum)
+        self.computed += 1
+        return spectrum
