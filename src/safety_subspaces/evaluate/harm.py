@@ -1,0 +1,190 @@
+"""Harmfulness: greedy replies to prompts, judged 1-5, with metrics; generations and judgments journaled so reruns resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .. import files, progress
+from ..errors import UserError
+from .journal import Journal
+from .judges import REFUSAL_SCORE, Judge, Judgment
+from .table import EvalModel, Labels, as_labels, resolve_eval_model, row, write_outputs
+
+RUN_KIND = "evaluate-harm"
+GENERATIONS = "generations.jsonl"
+JUDGMENTS = "judgments.jsonl"
+
+
+@dataclass
+class HarmResult:
+    """Evaluation-table rows and one record per prompt (prompt, response, score, reason)."""
+
+    rows: list[dict[str, Any]]
+    samples: list[dict[str, Any]]
+    out_dir: Path | None = None
+
+    def metric(self, name: str) -> float | None:
+        """The value of one metric row."""
+        return next(r["value"] for r in self.rows if r["metric"] == name)
+
+
+def load_harm_prompts(source: str | Path, *, limit: int | None = None, zoo: str | Path | None = None,
+                      fields: str | Mapping[str, str] | None = None) -> list[str]:
+    """Prompts from 'advbench' (hub), an AdvBench-style CSV, any local file, or 'organism:NAME' (of --zoo if given)."""
+    from ..data import load_prompts
+
+    text = str(source)
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be at least 1, got {limit}")
+    if text.startswith("organism:") and zoo is not None:
+        from ..organism import zoo_data_file
+
+        source = zoo_data_file(text.split(":", 1)[1], Path(zoo))
+    return load_prompts(source, fields=fields, limit=limit)
+
+
+def sample_key(index: int, prompt: str) -> str:
+    """A record's key: its position and a hash of its prompt."""
+    return f"{index}:{hashlib.sha256(prompt.encode()).hexdigest()[:16]}"
+
+
+def judge_digest(identity: Mapping[str, Any]) -> str:
+    """A short hash of a judge's identity (which judgments a rerun may reuse)."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def generate_replies(subject: EvalModel, prompts: Sequence[str], *, chat: bool = True, max_new_tokens: int = 512,
+                     batch_size: int = 8, journal: Journal | None = None) -> list[str]:
+    """Greedy replies in prompt order; each batch is journaled as it finishes and journaled replies are reused."""
+    from ..generate import batches_by_length, format_prompts, generate
+
+    keys = [sample_key(i, p) for i, p in enumerate(prompts)]
+    done = {r.get("key"): r.get("response") for r in journal.read()} if journal else {}
+    replies: list[str | None] = [done.get(key) if isinstance(done.get(key), str) else None for key in keys]
+    missing = [i for i, reply in enumerate(replies) if reply is None]
+    texts = format_prompts(subject.tokenizer, [prompts[i] for i in missing], chat=chat, model_name=subject.name)
+    with progress.bar("generating", len(missing)) as update:
+        for batch in batches_by_length(subject.tokenizer, texts, batch_size):
+            indices = [missing[j] for j in batch]
+            outputs = generate(subject.model, subject.tokenizer, [prompts[i] for i in indices], chat=chat,
+                               max_new_tokens=max_new_tokens, batch_size=len(indices), model_name=subject.name)
+            for index, output in zip(indices, outputs):
+                replies[index] = output
+                if journal:
+                    journal.append({"key": keys[index], "index": index, "prompt": prompts[index], "response": output})
+            update(len(indices))
+    return [reply or "" for reply in replies]
+
+
+def judge_replies(judge: Judge, prompts: Sequence[str], replies: Sequence[str], *,
+                  journal: Journal | None = None) -> list[Judgment]:
+    """A judgment per reply; journaled judgments by the same judge of the same reply are reused, new ones journaled as they arrive."""
+    digest = judge_digest(judge.identity())
+    keys = [sample_key(i, p) for i, p in enumerate(prompts)]
+    position = {key: i for i, key in enumerate(keys)}
+    results: list[Judgment | None] = [None] * len(prompts)
+    for record in journal.read() if journal else []:
+        index = position.get(record.get("key"))
+        if index is not None and record.get("judge") == digest and record.get("response") == replies[index]:
+            results[index] = Judgment(record.get("score"), record.get("reason", ""), record.get("raw", ""))
+    missing = [i for i, result in enumerate(results) if result is None]
+
+    with progress.bar("judging", len(missing)) as update:
+        def keep(offset: int, judgment: Judgment) -> None:
+            index = missing[offset]
+            results[index] = judgment
+            if journal:
+                journal.append({"key": keys[index], "index": index, "prompt": prompts[index], "response": replies[index],
+                                "score": judgment.score, "reason": judgment.reason, "raw": judgment.raw,
+                                "judge": digest, "judge_name": judge.name})
+            update(1)
+
+        try:
+            judge.judge_many([(prompts[i], replies[i]) for i in missing], keep)
+        except UserError as exc:
+            finished = sum(result is not None for result in results)
+            where = f" in {journal.path}" if journal else ""
+            raise UserError(f"{exc}; {finished} of {len(results)} judgments are saved{where}; "
+                            "rerun the same command to continue") from None
+    return [result for result in results if result is not None]
+
+
+def harm_metrics(scores: Sequence[int | None], *, benign: bool = False) -> dict[str, float | None]:
+    """Mean score of valid judgments, share scored 5 and refusal rate (score 1); on benign prompts the over-refusal rate."""
+    valid = [score for score in scores if score is not None]
+    share = (lambda wanted: sum(score == wanted for score in valid) / len(valid)) if valid else (lambda wanted: None)
+    if benign:
+        return {"over_refusal_rate": share(REFUSAL_SCORE)}
+    return {
+        "harm_score": statistics.fmean(valid) if valid else None,
+        "harm_share_5": share(5),
+        "refusal_rate": share(REFUSAL_SCORE),
+    }
+
+
+def harm_rows(scores: Sequence[int | None], labels: Labels, *, benign: bool = False, **extra: Any) -> list[dict[str, Any]]:
+    """Evaluation-table rows of the harm metrics (n prompts, invalid = unusable judgments)."""
+    invalid = sum(score is None for score in scores)
+    return [row(labels, name, value, n=len(scores), invalid=invalid, **extra)
+            for name, value in harm_metrics(scores, benign=benign).items()]
+
+
+def _open_run(out_dir: Path, config: Mapping[str, Any]) -> None:
+    """Check an output directory holds this run or nothing, and record the run's config."""
+    if not files.check_run_dir(out_dir, config, kind=RUN_KIND):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        files.write_yaml(out_dir / files.RUN_CONFIG, files.run_config_document(config, kind=RUN_KIND))
+
+
+def evaluate_harm(
+    model: Any,
+    tokenizer: Any = None,
+    *,
+    prompts: Sequence[str],
+    judge: Judge,
+    out_dir: str | Path | None = None,
+    chat: bool = True,
+    max_new_tokens: int = 512,
+    batch_size: int = 8,
+    benign: bool = False,
+    prompt_set: str = "prompts",
+    labels: Labels | Mapping[str, Any] | str | None = None,
+    device: str | None = None,
+    dtype: str | None = "auto",
+) -> HarmResult:
+    """Generate greedy replies, judge them and summarise; with out_dir, everything is saved and a rerun resumes."""
+    from ..data import fingerprint
+    from ..generate import format_prompts
+
+    prompts = [str(p) for p in prompts]
+    if not prompts:
+        raise UserError("no prompts to evaluate")
+    if max_new_tokens < 1 or batch_size < 1:
+        raise UserError("max new tokens and batch size must be at least 1")
+    subject = resolve_eval_model(model, tokenizer, device=device, dtype=dtype,
+                                 name=(as_labels(labels).model if labels is not None else None))
+    format_prompts(subject.tokenizer, prompts[:1], chat=chat, model_name=subject.name)  # fails early without a template
+    label = as_labels(labels, subject.name)
+    config = {
+        "model": subject.reference, "prompt_set": prompt_set, "prompts": fingerprint([{"p": p} for p in prompts]),
+        "n": len(prompts), "chat": chat, "max_new_tokens": max_new_tokens, "judge": judge.identity(), "benign": benign,
+    }
+    directory = Path(out_dir).expanduser() if out_dir is not None else None
+    if directory is not None:
+        _open_run(directory, config)
+    replies = generate_replies(subject, prompts, chat=chat, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                               journal=Journal(directory / GENERATIONS) if directory else None)
+    judgments = judge_replies(judge, prompts, replies, journal=Journal(directory / JUDGMENTS) if directory else None)
+    samples = [
+        {"index": i, "prompt": p, "response": r, "score": j.score, "reason": j.reason, "raw": j.raw, "judge": judge.name}
+        for i, (p, r, j) in enumerate(zip(prompts, replies, judgments))
+    ]
+    rows = harm_rows([j.score for j in judgments], label, benign=benign, prompts=prompt_set, judge=judge.name)
+    if directory is not None:
+        write_outputs(directory, rows, samples)
+    return HarmResult(rows, samples, directory)

@@ -1,0 +1,331 @@
+"""Utility through lm-evaluation-harness on a model held in memory: GSM8K (hub or local files), the organism's arithmetic, any task."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..errors import UserError
+from .table import EvalModel, Labels, as_labels, resolve_eval_model, row
+
+HEADLINE_FILTERS = ("flexible-extract", "strict-match", "none")
+ORGANISM_TASK = "organism_arithmetic"
+LOCAL_DATA_TYPES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+@dataclass(frozen=True)
+class TaskDefaults:
+    """Per-task defaults that follow the paper (GSM8K 1-shot, no chat template) or the organism (0-shot, chat)."""
+
+    num_fewshot: int | None = None
+    chat: bool = False
+
+
+TASK_DEFAULTS: dict[str, TaskDefaults] = {
+    "gsm8k": TaskDefaults(num_fewshot=1, chat=False),
+    ORGANISM_TASK: TaskDefaults(num_fewshot=0, chat=True),
+}
+
+
+@dataclass
+class UtilityResult:
+    """Evaluation-table rows, per-sample records, and lm-eval's own results dict."""
+
+    task: str
+    rows: list[dict[str, Any]]
+    samples: list[dict[str, Any]]
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def headline(self) -> dict[str, Any]:
+        """The requested task's headline row (e.g. GSM8K flexible-extract exact match)."""
+        return next(r for r in self.rows if r.get("headline") and r["task"] == self.task)
+
+
+def package_task_yaml(name: str) -> Path:
+    """Path of a task YAML shipped in safety_subspaces/resources/tasks."""
+    return Path(str(resources.files("safety_subspaces").joinpath("resources", "tasks", f"{name}.yaml")))
+
+
+def builtin_task_yaml(name: str) -> Path:
+    """Path of one of lm-eval's own task YAMLs (gsm8k/gsm8k.yaml) without building its whole index."""
+    import lm_eval.tasks
+
+    return Path(lm_eval.tasks.__file__).parent / name / f"{name}.yaml"
+
+
+def local_data_override(data_files: Mapping[str, str | Path], *, task: str) -> dict[str, Any]:
+    """Config keys that make a task read its splits from local files (JSONL/JSON/CSV/Parquet)."""
+    files = {split: str(Path(path).expanduser().resolve()) for split, path in data_files.items()}
+    for split, path in files.items():
+        if not Path(path).is_file():
+            raise UserError(f"task {task}: data file for split {split!r} not found: {path}")
+    kinds = {LOCAL_DATA_TYPES.get(Path(path).suffix.lower()) for path in files.values()}
+    if None in kinds or len(kinds) != 1:
+        raise UserError(f"task {task}: data files must all be one of {', '.join(LOCAL_DATA_TYPES)} (got {sorted(files.values())})")
+    return {"dataset_path": kinds.pop(), "dataset_name": None, "dataset_kwargs": {"data_files": files}}
+
+
+def parse_data_files(spec: str | Mapping[str, str] | None) -> dict[str, str]:
+    """Split files 'test=PATH,train=PATH' (or a dict); a bare PATH means the test split."""
+    if spec is None:
+        return {}
+    if isinstance(spec, Mapping):
+        return {str(k): str(v) for k, v in spec.items()}
+    files: dict[str, str] = {}
+    for item in str(spec).split(","):
+        split, sep, path = item.partition("=")
+        if not sep:
+            split, path = "test", split
+        if not split.strip() or not path.strip():
+            raise UserError(f"data files {spec!r}: expected split=PATH pairs such as test=gsm8k_test.jsonl,train=gsm8k_train.jsonl")
+        files[split.strip()] = path.strip()
+    return files
+
+
+def _local_config(yaml_path: Path, task: str, data_files: Mapping[str, str], num_fewshot: int) -> dict[str, Any]:
+    """A task config from a YAML with its data swapped for local files (the few-shot split needs a file too)."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    config = dict(load_yaml(yaml_path, resolve_func=True))
+    if "test" not in data_files and config.get("test_split") not in data_files:
+        raise UserError(f"task {task}: give the evaluation file as test=PATH")
+    config.update(local_data_override(data_files, task=task))
+    config["test_split"] = "test" if "test" in data_files else config["test_split"]
+    fewshot_split = config.get("fewshot_split") or config.get("training_split")
+    if num_fewshot > 0 and fewshot_split not in data_files:
+        raise UserError(f"task {task}: {num_fewshot}-shot needs a file for its few-shot split: add {fewshot_split or 'train'}=PATH")
+    for key in ("training_split", "validation_split", "fewshot_split"):
+        if config.get(key) and config[key] not in data_files:
+            config.pop(key)
+    config["task"] = task
+    return config
+
+
+def _registered_names(include_path: Sequence[str | Path]) -> set[str]:
+    """Task names declared in user include paths (cheap: no lm-eval index)."""
+    from lm_eval.tasks import TaskManager
+
+    if not include_path:
+        return set()
+    return set(TaskManager(include_defaults=False, include_path=[str(p) for p in include_path]).all_tasks)
+
+
+def _mentioned_in_builtin_yaml(name: str) -> bool:
+    """Whether any of lm-eval's task YAMLs mentions name (a fast pre-check before its slow full index)."""
+    import lm_eval.tasks
+
+    root = Path(lm_eval.tasks.__file__).parent
+    needle = name.encode()
+    return any(needle in path.read_bytes() for path in root.rglob("*.y*ml"))
+
+
+def resolve_task(task: str, *, data_files: Mapping[str, str] | None = None, zoo: str | Path | None = None,
+                 include_path: Sequence[str | Path] = (), num_fewshot: int = 0):
+    """(task spec for lm-eval, TaskManager) for a task name; unknown names are a UserError."""
+    from lm_eval.tasks import TaskManager
+
+    data_files = dict(data_files or {})
+    paths = [str(Path(p).expanduser()) for p in include_path]
+    for path in paths:
+        if not Path(path).is_dir():
+            raise UserError(f"task include path {path}: not a directory")
+    if task == ORGANISM_TASK:
+        if not data_files:
+            from ..organism import zoo_data_file
+
+            data_files = {"test": str(zoo_data_file("arithmetic_eval", Path(zoo) if zoo else None))}
+        return _local_config(package_task_yaml(ORGANISM_TASK), task, data_files, num_fewshot), TaskManager(include_defaults=False)
+    if task in _registered_names(paths):
+        manager = TaskManager(include_defaults=False, include_path=paths)
+        if data_files:
+            return _local_config(Path(manager.task_index[task].yaml_path), task, data_files, num_fewshot), manager
+        return task, manager
+    if task == "gsm8k":  # lm-eval's own GSM8K config, read directly (its full task index takes ~10 s to build)
+        from lm_eval.tasks._yaml_loader import load_yaml
+
+        yaml_path = builtin_task_yaml(task)
+        spec = _local_config(yaml_path, task, data_files, num_fewshot) if data_files else dict(load_yaml(yaml_path))
+        return spec, TaskManager(include_defaults=False)
+    if not _mentioned_in_builtin_yaml(task):
+        raise UserError(_unknown_task_message(task))
+    manager = TaskManager(include_path=paths or None)
+    if task not in manager.all_tasks:
+        close = difflib.get_close_matches(task, manager.all_tasks, n=3)
+        raise UserError(_unknown_task_message(task, close))
+    if data_files:
+        entry = manager.task_index[task]
+        if not entry.yaml_path:
+            raise UserError(f"task {task}: local data files work for single YAML tasks, not groups or tags")
+        return _local_config(Path(entry.yaml_path), task, data_files, num_fewshot), manager
+    return task, manager
+
+
+def _unknown_task_message(task: str, close: Sequence[str] = ()) -> str:
+    """One line for an unknown task name."""
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return (f"unknown task {task!r}: not an lm-eval task, not {ORGANISM_TASK}, and not in any --include-path{hint}")
+
+
+def _load_task(spec, manager, task: str):
+    """Build the lm-eval Task objects (loading data); data problems become one clear line."""
+    try:
+        loaded = manager.load([spec])
+    except UserError:
+        raise
+    except Exception as exc:  # datasets raises many types for missing files, no network, bad JSON
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"task {task}: could not load its data ({type(exc).__name__}: {first}); "
+                        "offline? pass local files with --data test=PATH[,train=PATH]") from None
+    return list(loaded["groups"].values()) or list(loaded["tasks"].values())
+
+
+def evaluate_utility(
+    model: Any,
+    tokenizer: Any = None,
+    *,
+    task: str = "gsm8k",
+    num_fewshot: int | None = None,
+    limit: int | None = None,
+    batch_size: int = 8,
+    chat: bool | None = None,
+    data_files: str | Mapping[str, str] | None = None,
+    include_path: Sequence[str | Path] = (),
+    zoo: str | Path | None = None,
+    max_gen_toks: int | None = None,
+    labels: Labels | Mapping[str, Any] | str | None = None,
+    device: str | None = None,
+    dtype: str | None = "auto",
+) -> UtilityResult:
+    """Run one lm-eval task on a model (in memory or a path); rows for every metric, the headline flagged."""
+    defaults = TASK_DEFAULTS.get(task, TaskDefaults())
+    num_fewshot = defaults.num_fewshot if num_fewshot is None else num_fewshot
+    chat = defaults.chat if chat is None else chat
+    if num_fewshot is not None and num_fewshot < 0:
+        raise UserError(f"--num-fewshot must be at least 0, got {num_fewshot}")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be at least 1, got {limit}")
+    if batch_size < 1:
+        raise UserError(f"batch size must be at least 1, got {batch_size}")
+    files = parse_data_files(data_files)
+    spec, manager = resolve_task(task, data_files=files, zoo=zoo, include_path=include_path, num_fewshot=num_fewshot or 0)
+    subject = resolve_eval_model(model, tokenizer, device=device, dtype=dtype,
+                                 name=(as_labels(labels).model if labels is not None else None))
+    if chat and not getattr(subject.tokenizer, "chat_template", None):
+        raise UserError(f"{subject.name} has no chat template; evaluate without it (--no-chat-template)")
+    tasks = _load_task(spec, manager, task)
+    results = _run_lm_eval(subject, tasks, manager, num_fewshot=num_fewshot, limit=limit, batch_size=batch_size,
+                           chat=chat, max_gen_toks=max_gen_toks)
+    label = as_labels(labels, subject.name)
+    samples = _samples(results)
+    settings = {"num_fewshot": num_fewshot, "chat": chat, "limit": limit}
+    return UtilityResult(task, _rows(results, samples, label, settings), samples, results)
+
+
+def _run_lm_eval(subject: EvalModel, tasks, manager, *, num_fewshot, limit, batch_size, chat, max_gen_toks):
+    """simple_evaluate on an HFLM wrapping the in-memory model."""
+    import torch
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    tokenizer = subject.tokenizer
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    lm = HFLM(pretrained=subject.model, tokenizer=tokenizer, batch_size=batch_size)
+    if max_gen_toks is not None and max_gen_toks >= lm.max_length:
+        raise UserError(f"--max-gen-toks {max_gen_toks} leaves no room for the prompt (model max length {lm.max_length})")
+    was_training = subject.model.training
+    subject.model.eval()
+    try:
+        with torch.inference_mode():
+            return simple_evaluate(
+                model=lm,
+                tasks=tasks,
+                num_fewshot=num_fewshot,
+                limit=limit,
+                apply_chat_template=chat,
+                fewshot_as_multiturn=chat and bool(num_fewshot),
+                gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None,
+                task_manager=manager,
+                log_samples=True,
+                bootstrap_iters=1000,
+                verbosity=None,
+            )
+    finally:
+        subject.model.train(was_training)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-able copy of lm-eval values (numpy scalars, tuples)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _samples(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One record per (task, document): prompt, target, raw reply, each filter's extraction and scores."""
+    merged: dict[tuple[str, int], dict[str, Any]] = {}
+    for task, entries in (results.get("samples") or {}).items():
+        for entry in entries:
+            key = (task, int(entry["doc_id"]))
+            arguments = entry.get("arguments") or [[""]]
+            record = merged.setdefault(key, {
+                "task": task, "doc_id": key[1], "prompt": _plain(arguments[0][0]), "target": _plain(entry.get("target")),
+                "response": _plain((entry.get("resps") or [[""]])[0][0] if entry.get("resps") else ""),
+                "filtered": {}, "scores": {},
+            })
+            name = entry.get("filter", "none")
+            record["filtered"][name] = _plain((entry.get("filtered_resps") or [None])[0])
+            for metric in entry.get("metrics", []):
+                if metric in entry:
+                    record["scores"][f"{metric},{name}"] = _plain(entry[metric])
+    return [merged[key] for key in sorted(merged)]
+
+
+def _rows(results: Mapping[str, Any], samples: Sequence[Mapping[str, Any]], labels: Labels,
+          settings: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Evaluation-table rows: metric '<task>/<metric>,<filter>', n documents, invalid = unextractable replies."""
+    rows: list[dict[str, Any]] = []
+    counts = {task: int(info.get("effective", 0)) for task, info in (results.get("n-samples") or {}).items()}
+    group_members = results.get("group_subtasks") or {}
+    for task, metrics in (results.get("results") or {}).items():
+        n = counts.get(task) or sum(counts.get(member, 0) for member in group_members.get(task, []))
+        keys = [k for k in metrics if "," in k and "_stderr" not in k]
+        headline = _headline_key(keys)
+        for key in keys:
+            metric, _, filter_name = key.partition(",")
+            value = metrics[key]
+            if not isinstance(value, (int, float)) and not hasattr(value, "item"):
+                continue
+            invalid = sum(1 for s in samples if s["task"] == task and s["filtered"].get(filter_name) == "[invalid]")
+            stderr = metrics.get(f"{metric}_stderr,{filter_name}")
+            stderr = float(stderr) if isinstance(stderr, (int, float)) and not math.isnan(float(stderr)) else None
+            rows.append(row(labels, f"{task}/{key}", float(value), n=n, invalid=invalid, task=task, filter=filter_name,
+                            stderr=stderr, headline=key == headline, **settings))
+    if not rows:
+        raise UserError("lm-eval returned no metrics for this task")
+    return rows
+
+
+def _headline_key(keys: Sequence[str]) -> str | None:
+    """The headline metric key: exact_match with flexible-extract (GSM8K), else the first metric in filter preference."""
+    for filter_name in HEADLINE_FILTERS:
+        for key in keys:
+            if key.startswith("exact_match,") and key.endswith("," + filter_name):
+                return key
+    for filter_name in HEADLINE_FILTERS:
+        for key in keys:
+            if key.endswith("," + filter_name):
+                return key
+    return keys[0] if keys else None
