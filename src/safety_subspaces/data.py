@@ -107,8 +107,8 @@ def read_local_rows(path: Path) -> list[Record]:
             if not isinstance(data, list):
                 raise UserError(f"{path}: expected a JSON list of objects")
             return data
-        if suffix == ".csv":
-            with open(path, newline="", encoding="utf-8") as handle:
+        if suffix == ".csv":  # utf-8-sig: spreadsheet exports start with a byte-order mark
+            with open(path, newline="", encoding="utf-8-sig") as handle:
                 return list(csv.DictReader(handle))
         if suffix == ".parquet":
             import pyarrow.parquet as pq
@@ -222,7 +222,7 @@ def load_prompts(source: str | Path, *, fields: str | Mapping[str, str] | None =
     text = str(source)
     local = Path(text).expanduser()
     if fields is None and local.suffix.lower() == ".csv" and local.exists():
-        with open(local, newline="", encoding="utf-8") as handle:
+        with open(local, newline="", encoding="utf-8-sig") as handle:
             header = next(csv.reader(handle), [])
         if "goal" in header and "prompt" not in header:
             fields = {"prompt": "goal"}
