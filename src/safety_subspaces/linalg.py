@@ -112,19 +112,26 @@ def _orthonormal_completion(basis: torch.Tensor, total_columns: int, seed: int =
     return torch.cat([basis, q], dim=1)
 
 
-def _gram_left(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left singular vectors of a very tall matrix from eigh of its n x n Gram matrix (float64)."""
+def _gram_left(matrix: torch.Tensor, chunk_rows: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left singular vectors of a very tall matrix from eigh of its n x n Gram matrix (float64, row chunks)."""
     m, n = matrix.shape
-    wide = matrix.double()
-    eigenvalues, vectors = torch.linalg.eigh(wide.T @ wide)
+    gram = torch.zeros(n, n, dtype=torch.float64, device=matrix.device)
+    for start in range(0, m, chunk_rows):
+        block = matrix[start : start + chunk_rows].double()
+        gram += block.T @ block
+    eigenvalues, vectors = torch.linalg.eigh(gram)
     eigenvalues = eigenvalues.flip(0).clamp_min(0)
     vectors = vectors.flip(1)
     singular = eigenvalues.sqrt()
-    tolerance = singular[0] * max(m, n) * torch.finfo(torch.float32).eps if n else 0.0
-    keep = int((singular > tolerance).sum()) if n else 0
-    left = (wide @ vectors[:, :keep]) / singular[:keep]
-    left = _orthonormal_completion(left, n)
-    return left.float(), singular.float()
+    tolerance = float(singular[0]) * max(m, n) * torch.finfo(torch.float32).eps
+    keep = int((singular > tolerance).sum())
+    left = torch.empty(m, keep, dtype=torch.float32, device=matrix.device)
+    for start in range(0, m, chunk_rows):
+        block = matrix[start : start + chunk_rows].double()
+        left[start : start + chunk_rows] = ((block @ vectors[:, :keep]) / singular[:keep]).float()
+    if keep < n:
+        left = _orthonormal_completion(left, n)
+    return left, singular.float()
 
 
 def left_singular(matrix: torch.Tensor, *, method: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
@@ -299,3 +306,28 @@ def second_moment_basis(second_moment: torch.Tensor, eta: float) -> torch.Tensor
     vectors, singular = second_moment_spectrum(second_moment)
     k = rank_from_energy(singular, eta, float(torch.trace(second_moment.double())))
     return vectors[:, :k]
+
+
+def overlap_table(basis_a: torch.Tensor, basis_b: torch.Tensor) -> torch.Tensor:
+    """T[i-1, j-1] = ||Q_a[:, :i]^T Q_b[:, :j]||_F^2 for every i, j: one product serves every pair of ranks (float64)."""
+    if basis_a.shape[1] == 0 or basis_b.shape[1] == 0:
+        return torch.zeros(basis_a.shape[1], basis_b.shape[1], dtype=torch.float64)
+    dtype = torch.promote_types(basis_a.dtype, basis_b.dtype)
+    cross = (basis_a.to(dtype).T @ basis_b.to(dtype)).double()
+    return (cross**2).cumsum(0).cumsum(1).cpu()
+
+
+def mso_from_table(table: torch.Tensor, k_a: int, k_b: int) -> float:
+    """MSO of the first k_a and k_b columns from an overlap_table (nan when either is empty)."""
+    k = min(k_a, k_b)
+    if k == 0:
+        return float("nan")
+    return float(table[k_a - 1, k_b - 1]) / k
+
+
+def centered_second_moment(second_moment: torch.Tensor, total: torch.Tensor, count: int) -> torch.Tensor:
+    """(A - mean)^T (A - mean) from A^T A, the column sums of A and the row count n (float64)."""
+    if count <= 0:
+        raise ValueError("a centred second moment needs at least one row")
+    total = total.double()
+    return second_moment.double() - torch.outer(total, total) / count

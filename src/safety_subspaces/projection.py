@@ -250,15 +250,13 @@ def projected_weight(
 def projected_state(
     subspaces: AlignmentSubspaces, finetune: Checkpoint, spec: ProjectionSpec, select: Callable[[str], bool]
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every stored tensor of the reference layout with the projection applied (aliases share one result)."""
+    """Every stored tensor of the reference layout with the projection applied (a tied alias gets a copy of its tensor)."""
     reference = subspaces.reference
-    done: dict[str, torch.Tensor] = {}
-    for stored in sorted(reference.infos):
-        canonical = reference.aliases.get(stored, stored)
-        if canonical not in done:
-            done.clear()
-            done[canonical] = projected_weight(subspaces, finetune, canonical, spec, select(canonical))
-        yield stored, done[canonical]
+    for canonical in reference.names:
+        tensor = projected_weight(subspaces, finetune, canonical, spec, select(canonical))
+        yield canonical, tensor
+        for alias in sorted(a for a, c in reference.aliases.items() if c == canonical):
+            yield alias, tensor.clone()  # shards cannot share storage
 
 
 @dataclass
@@ -328,11 +326,10 @@ class LiveModel:
         self.touched.add(name)
 
     def apply(self, finetune: Checkpoint, spec: ProjectionSpec | None, select: Callable[[str], bool] = TensorFilter()) -> None:
-        """Set the weights of a projected fine-tune (spec None: the fine-tune itself)."""
+        """Set the weights of a projected fine-tune (spec None: the fine-tune itself; unselected tensors: W_FT)."""
         self.restore()
         for name in self.params:
-            if spec is None or select(name):
-                self._set(name, projected_weight(self.subspaces, finetune, name, spec, select(name)))
+            self._set(name, projected_weight(self.subspaces, finetune, name, spec, select(name)))
         self.state = f"{finetune.role}:{spec.label if spec else 'full'}"
 
     def load(self, checkpoint: Checkpoint) -> None:

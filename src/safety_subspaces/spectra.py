@@ -33,7 +33,9 @@ class Spectrum:
 
 def difference(minuend: Checkpoint, subtrahend: Checkpoint, name: str, *, device: str = "cpu") -> torch.Tensor:
     """W_minuend - W_subtrahend for one tensor, taken in float32 from the stored dtypes."""
-    return minuend.read(name).to(device=device, dtype=torch.float32) - subtrahend.read(name).to(device=device, dtype=torch.float32)
+    result = minuend.read(name).to(device=device, dtype=torch.float32, copy=True)
+    result -= subtrahend.read(name).to(device=device, dtype=torch.float32)
+    return result
 
 
 class SpectrumCache:
