@@ -1,8 +1,10 @@
 """A scriptable OpenAI-compatible chat-completions server on 127.0.0.1 for tests (real HTTP, real sockets).
 
 By default it grades like a judge would: a reply containing REFUSE scores 1, COMPLY scores 5, anything else 3.
-A script of actions is consumed one per request, before the default applies:
-  ("status", 500)        answer with that HTTP status
+A script of actions is consumed one per request; once it runs out, the action `then` answers (default: grade):
+  ("grade", None)        answer by the default grading rule
+  ("status", 500)        answer with that HTTP status (the error message echoes the Authorization header, as a
+                         careless server might, so tests can check that clients never repeat it)
   ("delay", 1.5)         sleep that long, then answer by default (a client with a shorter timeout gives up)
   ("content", "text")    answer with this message content
   ("body", b"...")       answer 200 with this raw body (malformed JSON etc.)
@@ -28,8 +30,10 @@ def default_content(user_text: str) -> str:
 class StubJudge:
     """Start with `with StubJudge() as stub:`; `stub.url` is the /v1 base URL."""
 
-    def __init__(self, script: list[tuple[str, Any]] | None = None, *, latency: float = 0.0):
+    def __init__(self, script: list[tuple[str, Any]] | None = None, *, latency: float = 0.0,
+                 then: tuple[str, Any] = ("grade", None)):
         self.script: deque = deque(script or [])
+        self.then = then
         self.latency = latency
         self.requests: list[dict[str, Any]] = []
         self.in_flight = 0
@@ -65,7 +69,7 @@ class StubJudge:
 
     def _next_action(self) -> tuple[str, Any] | None:
         with self._lock:
-            return self.script.popleft() if self.script else None
+            return self.script.popleft() if self.script else self.then
 
     def _serve(self, handler: BaseHTTPRequestHandler) -> None:
         with self._lock:
@@ -83,7 +87,9 @@ class StubJudge:
                 time.sleep(action[1])
                 action = None
             if action and action[0] == "status":
-                self._send(handler, action[1], json.dumps({"error": {"message": f"stub status {action[1]}"}}).encode())
+                echoed = handler.headers.get("Authorization", "")
+                message = f"stub status {action[1]} for credentials {echoed}"
+                self._send(handler, action[1], json.dumps({"error": {"message": message}}).encode())
                 return
             if action and action[0] == "body":
                 self._send(handler, 200, action[1])

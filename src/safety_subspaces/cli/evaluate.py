@@ -80,6 +80,8 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     harm.add_argument("--judge-workers", type=int, default=8, help="concurrent judge requests (default 8)")
     harm.add_argument("--judge-timeout", type=float, default=60.0, help="seconds per judge request (default 60)")
     harm.add_argument("--judge-retries", type=int, default=4, help="retries per judge request, with exponential backoff (default 4)")
+    harm.add_argument("--judge-backoff", type=float, default=1.0,
+                      help="seconds before the first retry, doubling each time (default 1)")
     harm.add_argument("--classifier-words", type=csv_list(str), metavar="HARMFUL,HARMLESS",
                       help="causal-LM classifier: the two answer words (default unsafe,safe with a chat template, else Yes,No)")
     harm.add_argument("--classifier-label", help="sequence classifier: the label meaning harmful (default: guessed)")
@@ -148,7 +150,7 @@ def run_harm(args: argparse.Namespace) -> int:
 
     prompts = load_harm_prompts(args.prompts, limit=args.limit, zoo=args.zoo, fields=args.fields)
     judge = make_judge(args.judge, **_judge_options(args))
-    keys = ["model", "prompts", "fields", "limit", "zoo", "judge", "judge_endpoint", "judge_model", "rubric",
+    keys = ["model", "prompts", "fields", "limit", "zoo", "judge", "judge_model", "rubric",
             "raw_prompts", "max_new_tokens", "benign"]
     out = args.out or _default_out("harm", args, keys)
     result = evaluate_harm(
@@ -165,7 +167,7 @@ def _judge_options(args: argparse.Namespace) -> dict:
     if args.judge == "rubric":
         return {"endpoint": args.judge_endpoint, "model": args.judge_model, "key_env": args.judge_key_env,
                 "rubric": args.rubric, "workers": args.judge_workers, "timeout": args.judge_timeout,
-                "retries": args.judge_retries}
+                "retries": args.judge_retries, "backoff": args.judge_backoff}
     if args.judge == "classifier":
         return {"model": args.judge_model, "words": args.classifier_words, "harmful_label": args.classifier_label,
                 "batch_size": args.batch_size, "device": _device(args), "trust_remote_code": args.trust_remote_code}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from importlib import resources
@@ -150,9 +151,9 @@ class RubricJudge(Judge):
                                      backoff=backoff, max_tokens=max_tokens)
 
     def identity(self) -> dict[str, Any]:
-        """Judge name, endpoint URL, model and the rubric's hash."""
+        """Judge name, judge model and the rubric's hash (not the URL: the same model served elsewhere judges alike)."""
         digest = hashlib.sha256(self.rubric.encode()).hexdigest()[:16]
-        return {"judge": self.name, "endpoint": self.endpoint.url, "model": self.endpoint.model, "rubric": digest}
+        return {"judge": self.name, "model": self.endpoint.model, "rubric": digest}
 
     def judge_one(self, request: str, reply: str) -> Judgment:
         """Ask the endpoint; an unparsable answer is a Judgment with score None."""
@@ -164,8 +165,19 @@ class RubricJudge(Judge):
     def judge_many(self, items: Sequence[Item], on_result: OnResult) -> None:
         """Judge with a thread pool; on a failure stop submitting, keep what finished, then raise."""
         error: BaseException | None = None
+        stop = threading.Event()
+
+        def attempt(request: str, reply: str) -> Judgment | None:
+            if stop.is_set():
+                return None  # an earlier item failed: do not start new work
+            try:
+                return self.judge_one(request, reply)
+            except BaseException:
+                stop.set()
+                raise
+
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="judge") as pool:
-            futures = {pool.submit(self.judge_one, request, reply): index for index, (request, reply) in enumerate(items)}
+            futures = {pool.submit(attempt, request, reply): index for index, (request, reply) in enumerate(items)}
             for future in as_completed(futures):
                 try:
                     judgment = future.result()
@@ -177,7 +189,8 @@ class RubricJudge(Judge):
                         for pending in futures:
                             pending.cancel()
                     continue
-                on_result(futures[future], judgment)
+                if judgment is not None:
+                    on_result(futures[future], judgment)
         if error is not None:
             raise error
 
@@ -371,8 +384,8 @@ def _harmful_label(id2label: dict, wanted: str | None) -> tuple[int, str]:
 
 
 def _first_token(tokenizer, word: str) -> int:
-    """The first token id of a word as the classifier would write it next."""
-    ids = tokenizer.encode(word, add_special_tokens=False)
+    """The first token id of a word as the classifier would write it next (a lone word-boundary piece skipped)."""
+    ids = [i for i in tokenizer.encode(word, add_special_tokens=False) if tokenizer.decode([i]).strip()]
     if not ids:
         raise UserError(f"classifier word {word!r} encodes to no tokens")
     return ids[0]

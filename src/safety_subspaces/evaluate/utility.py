@@ -67,7 +67,10 @@ def local_data_override(data_files: Mapping[str, str | Path], *, task: str) -> d
     kinds = {LOCAL_DATA_TYPES.get(Path(path).suffix.lower()) for path in files.values()}
     if None in kinds or len(kinds) != 1:
         raise UserError(f"task {task}: data files must all be one of {', '.join(LOCAL_DATA_TYPES)} (got {sorted(files.values())})")
-    return {"dataset_path": kinds.pop(), "dataset_name": None, "dataset_kwargs": {"data_files": files}}
+    from ..paths import home
+
+    cache = str(home() / "datasets")  # parsed local files are cached with the toolkit's caches, not the HF cache
+    return {"dataset_path": kinds.pop(), "dataset_name": None, "dataset_kwargs": {"data_files": files, "cache_dir": cache}}
 
 
 def parse_data_files(spec: str | Mapping[str, str] | None) -> dict[str, str]:
