@@ -231,3 +231,25 @@ def test_scheme_aliases_and_weight_cast():
     weight = torch.randn(4, 4).to(torch.bfloat16)
     out = linalg.projected_weight(weight, torch.zeros(4, 4))
     assert out.dtype == torch.bfloat16 and torch.equal(out, weight)
+
+
+@SETTINGS
+@given(d=st.integers(2, 24), ra=st.integers(1, 12), rb=st.integers(1, 12), seed=seeds, data=st.data())
+def test_overlap_table_gives_mso_of_every_rank_pair(d, ra, rb, seed, data):
+    ra, rb = min(ra, d), min(rb, d)
+    qa = linalg.haar_frame(d, ra, seed, dtype=torch.float64)
+    qb = linalg.haar_frame(d, rb, seed + 1, dtype=torch.float64)
+    table = linalg.overlap_table(qa, qb)
+    ka, kb = data.draw(st.integers(1, ra)), data.draw(st.integers(1, rb))
+    assert linalg.mso_from_table(table, ka, kb) == pytest.approx(linalg.mso(qa[:, :ka], qb[:, :kb]), abs=1e-12)
+    assert math.isnan(linalg.mso_from_table(table, 0, kb))
+
+
+@SETTINGS
+@given(n=st.integers(1, 30), d=st.integers(1, 10), seed=seeds)
+def test_centered_second_moment_equals_moment_of_centred_rows(n, d, seed):
+    rows = gaussian(n, d, seed).double() + 3.0
+    centred = rows - rows.mean(0)
+    expected = centred.T @ centred
+    got = linalg.centered_second_moment(rows.T @ rows, rows.sum(0), n)
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-9 * (1 + float(expected.abs().max())))

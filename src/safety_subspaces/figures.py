@@ -1,0 +1,93 @@
+"""Plots of analysis rows (PNG, matplotlib Agg): each function takes result rows, as returned or as read from CSV."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+Row = Mapping[str, object]
+
+
+def as_float(value: object) -> float:
+    """A cell as a float (CSV strings included; empty is nan)."""
+    if value is None or value == "":
+        return math.nan
+    return float(value)  # type: ignore[arg-type]
+
+
+def as_bool(value: object) -> bool:
+    """A cell as a bool (CSV 'True'/'False' included)."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes")
+    return bool(value)
+
+
+def plot_mso_curves(ax, rows: Sequence[Row], *, series: str = "pair", title: str = "") -> None:
+    """MSO against η on one axes, a solid line per series value with its random baseline dashed in the same colour."""
+    groups: dict[str, list[Row]] = {}
+    for row in rows:
+        groups.setdefault(str(row[series]), []).append(row)
+    for index, (label, members) in enumerate(groups.items()):
+        members = sorted(members, key=lambda r: as_float(r["eta"]))
+        etas = [as_float(r["eta"]) for r in members]
+        colour = f"C{index % 10}"
+        ax.plot(etas, [as_float(r["mso"]) for r in members], marker="o", markersize=3, color=colour, label=label)
+        ax.plot(etas, [as_float(r["mso_random"]) for r in members], linestyle="--", color=colour, alpha=0.7,
+                label=f"{label} (random)")
+    ax.set_xlabel("energy fraction η")
+    ax.set_ylabel("MSO")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+
+
+def panel_figure(panels: Mapping[str, Sequence[Row]], path: Path, *, title: str, series: str = "pair") -> Path | None:
+    """One PNG with a panel per key of panels (MSO curves in each); None when there is nothing to plot."""
+    panels = {key: rows for key, rows in panels.items() if rows}
+    if not panels:
+        return None
+    count = len(panels)
+    columns = min(count, 3)
+    grid_rows = math.ceil(count / columns)
+    figure, axes = plt.subplots(grid_rows, columns, figsize=(max(4.2 * columns, 7.0), 3.6 * grid_rows), squeeze=False)
+    for ax, (key, rows) in zip(axes.flat, panels.items()):
+        plot_mso_curves(ax, rows, series=series, title=key)
+    for ax in list(axes.flat)[count:]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    ncol = min(max(len(labels) // 2, 1), 4)  # legend columns fill top-down: each holds a pair and its baseline
+    figure.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    figure.suptitle(title, fontsize=11)
+    figure.tight_layout(rect=(0, (0.05 + 0.025 * math.ceil(len(labels) / ncol)) / grid_rows, 1, 0.95))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def weight_overlap_figure(rows: Sequence[Row], path: Path) -> Path | None:
+    """Weight-space MSO against η at each depth percentile (paper Figure 4): a panel per percentile, a line per pair."""
+    panels: dict[str, list[Row]] = {}
+    for row in rows:
+        if row.get("scope") == "depth":
+            panels.setdefault(f"layer {row['layer']} ({row['name']} depth)", []).append(row)
+    return panel_figure(panels, path, title="Mode Subspace Overlap of weight updates (mean over the layer's matrices)")
+
+
+def activation_overlap_figure(rows: Sequence[Row], path: Path, *, centered: bool) -> Path | None:
+    """Activation MSO against η averaged over the depth band (paper Figures 5, 8): a panel per model, a line per pair."""
+    panels: dict[str, list[Row]] = {}
+    for row in rows:
+        if row.get("scope") == "band" and as_bool(row["centered"]) == centered:
+            panels.setdefault(f"{row['model']} (hidden states {row['layer']})", []).append(row)
+    kind = "centred" if centered else "uncentred"
+    return panel_figure(panels, path, title=f"Mode Subspace Overlap of activations ({kind}, mean over the depth band)")

@@ -1,0 +1,136 @@
+"""What both overlap analyses share: η grids, pairs, MSO curves from spectra, means over tensors or layers, depth rules."""
+
+from __future__ import annotations
+
+import math
+import re
+from fractions import Fraction
+from itertools import combinations
+from typing import Iterable, Mapping, Sequence
+
+from .. import linalg
+from ..errors import UserError
+from ..spectra import Spectrum
+
+DEFAULT_ETAS = (0.01, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99)
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.+-]+$")
+PAIR_SEPARATOR = " vs "
+
+
+def check_etas(etas: Iterable[float], flag: str = "--eta") -> list[float]:
+    """The η values, each in (0, 1], sorted and deduplicated (UserError naming the first bad one)."""
+    values = []
+    for eta in etas:
+        try:
+            values.append(linalg.check_fraction(float(eta), "eta"))
+        except (TypeError, ValueError):
+            raise UserError(f"{flag}: energy fraction {eta!r} is outside (0, 1]") from None
+    if not values:
+        raise UserError(f"{flag}: give at least one energy fraction in (0, 1]")
+    return sorted(set(values))
+
+
+def check_name(name: str, what: str) -> str:
+    """A name used in pair labels and file names: letters, digits and _ . + - only."""
+    if not NAME_PATTERN.match(name):
+        raise UserError(f"{what} name {name!r}: use letters, digits and _ . + - only")
+    return name
+
+
+def pair_label(a: str, b: str) -> str:
+    """The label of a pair in result tables and legends: 'a vs b'."""
+    return f"{a}{PAIR_SEPARATOR}{b}"
+
+
+def choose_pairs(names: Sequence[str], requested: Sequence[str] | None, what: str) -> list[tuple[str, str]]:
+    """Every unordered pair of names in the given order, or the requested 'a:b' pairs (validated)."""
+    if not requested:
+        return list(combinations(names, 2))
+    pairs = []
+    for text in requested:
+        a, sep, b = text.partition(":")
+        if not sep or not a or not b:
+            raise UserError(f"--pairs {text!r}: expected NAME:NAME, e.g. useful:harmful")
+        for name in (a, b):
+            if name not in names:
+                raise UserError(f"--pairs {text!r}: no {what} named {name!r} (have {', '.join(names)})")
+        pairs.append((a, b))
+    return pairs
+
+
+def spectrum_ranks(spectrum: Spectrum, etas: Sequence[float]) -> list[int]:
+    """k for each η: the smallest rank holding η of the spectrum's exact total energy."""
+    return [linalg.rank_from_energy(spectrum.singular, eta, spectrum.total) for eta in etas]
+
+
+def mso_curve(a: Spectrum, b: Spectrum, etas: Sequence[float]) -> list[dict]:
+    """eta, k_a, k_b, d, mso, mso_random for every η, from one cross product of the two bases."""
+    ks_a, ks_b = spectrum_ranks(a, etas), spectrum_ranks(b, etas)
+    d = int(a.left.shape[0])
+    if int(b.left.shape[0]) != d:
+        raise ValueError(f"bases live in different spaces (d = {d} and {int(b.left.shape[0])})")
+    table = linalg.overlap_table(a.left[:, : max(ks_a)], b.left[:, : max(ks_b)])
+    return [
+        {"eta": eta, "k_a": k_a, "k_b": k_b, "d": d,
+         "mso": linalg.mso_from_table(table, k_a, k_b), "mso_random": linalg.mso_random_baseline(k_a, k_b, d)}
+        for eta, k_a, k_b in zip(etas, ks_a, ks_b)
+    ]
+
+
+def mean_rows(rows: Sequence[Mapping], keys: Sequence[str], numeric: Sequence[str], count_field: str) -> list[dict]:
+    """One row per distinct value of keys: the mean of each numeric field over rows with a finite mso; count_field counts them."""
+    groups: dict[tuple, list[Mapping]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[key] for key in keys), []).append(row)
+    out = []
+    for group_key, members in groups.items():
+        finite = [row for row in members if is_finite(row["mso"])]
+        mean = {field: (sum(float(row[field]) for row in finite) / len(finite) if finite else math.nan) for field in numeric}
+        out.append({**dict(zip(keys, group_key)), **mean, count_field: len(finite)})
+    return out
+
+
+def is_finite(value) -> bool:
+    """Whether a value is a finite number."""
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def exact_fraction(value: float) -> Fraction:
+    """The decimal the user wrote (0.65 is 13/20, not the nearest binary float)."""
+    return Fraction(repr(float(value)))
+
+
+def depth_band(num_hidden_states: int, low: float, high: float) -> list[int]:
+    """Hidden-state indices floor(low·L') … floor(high·L') − 1 of the L' = L + 1 hidden states (the reference code's rule)."""
+    start = math.floor(exact_fraction(low) * num_hidden_states)
+    stop = math.floor(exact_fraction(high) * num_hidden_states)
+    return list(range(max(start, 0), min(stop, num_hidden_states)))
+
+
+def check_depth(depth: Sequence[float]) -> tuple[float, float]:
+    """A depth band (low, high) with 0 <= low < high <= 1."""
+    if len(depth) != 2:
+        raise UserError(f"--depth: expected two fractions LOW,HIGH such as 0.65,0.90, got {len(depth)} value(s)")
+    low, high = (float(x) for x in depth)
+    if not (0 <= low < high <= 1):
+        raise UserError(f"--depth {low:g},{high:g}: need 0 <= LOW < HIGH <= 1")
+    return low, high
+
+
+def depth_layer(percentile: float, num_layers: int) -> int:
+    """The decoder layer at a depth percentile: floor(p/100 · L), at most L − 1 (layers 0 … L − 1)."""
+    if num_layers <= 0:
+        raise ValueError("a model needs at least one layer")
+    return min(num_layers - 1, math.floor(exact_fraction(percentile) / 100 * num_layers))
+
+
+def check_percentiles(percentiles: Sequence[float]) -> list[float]:
+    """Depth percentiles, each in [0, 100]."""
+    values = [float(p) for p in percentiles]
+    bad = [p for p in values if not 0 <= p <= 100]
+    if bad:
+        raise UserError(f"--depth-percentiles: {bad[0]:g} is outside [0, 100]")
+    return values
