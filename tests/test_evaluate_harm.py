@@ -268,6 +268,11 @@ def test_cli_missing_chat_template_names_the_fix(tmp_path, plain_dir, advbench, 
     assert json.loads(stdout)["rows"][0]["n"] == 2
 
 
+def test_cli_evaluate_without_a_subcommand_shows_usage(capsys):
+    assert main(["evaluate"]) == 2
+    assert "evaluate utility" in capsys.readouterr().err
+
+
 def test_cli_other_bad_inputs(tmp_path, tiny_dir, advbench, capsys):
     base = ["evaluate", "harm", "--model", str(tiny_dir), "--prompts", str(advbench), "--out", str(tmp_path / "o")]
     code, _, err = run_cli(capsys, *base, "--judge", "gpt")

@@ -96,6 +96,27 @@ def test_user_include_path_task_runs_with_the_chat_template(tmp_path, gsm8k_file
     assert result.samples[0]["prompt"].startswith("<|user|>Tom has 0") and result.samples[0]["prompt"].endswith("<|assistant|>")
 
 
+def test_multiple_choice_task_reports_loglikelihood_accuracy(tmp_path):
+    """An MMLU-style task (log-likelihood of each choice) through --data: the constant model prefers its own word."""
+    data = tmp_path / "mc.jsonl"
+    rows = [{"question": "pick one", "choices": ["1", "sea"], "answer": 0},
+            {"question": "pick again", "choices": ["bake", "1"], "answer": 1},
+            {"question": "and again", "choices": ["1", "bake"], "answer": 1}]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "mc.yaml").write_text(
+        "task: mini_mc\ndataset_path: json\ndataset_kwargs: {data_files: {test: unused.jsonl}}\n"
+        "output_type: multiple_choice\ntest_split: test\n"
+        'doc_to_text: "{{question}}:"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: answer\n'
+        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
+    )
+    model, tokenizer = constant_model()
+    result = evaluate_utility(model, tokenizer, task="mini_mc", include_path=[tmp_path / "tasks"],
+                              data_files={"test": str(data)})
+    assert [(r["metric"], r["value"], r["n"], r["headline"]) for r in result.rows] == [
+        ("mini_mc/acc,none", pytest.approx(2 / 3), 3, True)]
+
+
 def test_parse_data_files():
     assert parse_data_files("test=a.jsonl,train=b.jsonl") == {"test": "a.jsonl", "train": "b.jsonl"}
     assert parse_data_files("a.jsonl") == {"test": "a.jsonl"}

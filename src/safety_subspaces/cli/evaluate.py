@@ -43,7 +43,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     """Add `evaluate` with its `utility` and `harm` subcommands."""
     parser = subparsers.add_parser("evaluate", help="utility (lm-eval) and harmfulness (judged generations) of a model",
                                    description="Evaluate a model: `evaluate utility` or `evaluate harm`.")
-    parser.set_defaults(handler=lambda args: _usage(parser))
+    parser.set_defaults(handler=lambda args: _usage(parser), quiet=False, threads=None, json=False)
     commands = parser.add_subparsers(dest="evaluate_command", metavar="<what>")
 
     utility = add_command(commands, common, "utility", "Utility through lm-evaluation-harness (default: GSM8K 1-shot).",

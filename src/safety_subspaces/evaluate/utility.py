@@ -20,15 +20,17 @@ LOCAL_DATA_TYPES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet"
 
 @dataclass(frozen=True)
 class TaskDefaults:
-    """Per-task defaults that follow the paper (GSM8K 1-shot, no chat template) or the organism (0-shot, chat)."""
+    """Per-task defaults: the paper's GSM8K (1-shot, plain prompts, flexible-extract) or the organism's arithmetic."""
 
     num_fewshot: int | None = None
     chat: bool = False
+    headline: str | None = None  # the headline metric key; None: exact_match by HEADLINE_FILTERS order, else the first
 
 
 TASK_DEFAULTS: dict[str, TaskDefaults] = {
-    "gsm8k": TaskDefaults(num_fewshot=1, chat=False),
-    ORGANISM_TASK: TaskDefaults(num_fewshot=0, chat=True),
+    "gsm8k": TaskDefaults(num_fewshot=1, chat=False, headline="exact_match,flexible-extract"),
+    # the organism's own accuracy is exact match of the whole reply: strict-match
+    ORGANISM_TASK: TaskDefaults(num_fewshot=0, chat=True, headline="exact_match,strict-match"),
 }
 
 
@@ -226,7 +228,7 @@ def evaluate_utility(
     label = as_labels(labels, subject.name)
     samples = _samples(results)
     settings = {"num_fewshot": num_fewshot, "chat": chat, "limit": limit}
-    return UtilityResult(task, _rows(results, samples, label, settings), samples, results)
+    return UtilityResult(task, _rows(results, samples, label, settings, defaults.headline), samples, results)
 
 
 def _run_lm_eval(subject: EvalModel, tasks, manager, *, num_fewshot, limit, batch_size, chat, max_gen_toks):
@@ -297,7 +299,7 @@ def _samples(results: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _rows(results: Mapping[str, Any], samples: Sequence[Mapping[str, Any]], labels: Labels,
-          settings: Mapping[str, Any]) -> list[dict[str, Any]]:
+          settings: Mapping[str, Any], headline: str | None = None) -> list[dict[str, Any]]:
     """Evaluation-table rows: metric '<task>/<metric>,<filter>', n documents, invalid = unextractable replies."""
     rows: list[dict[str, Any]] = []
     counts = {task: int(info.get("effective", 0)) for task, info in (results.get("n-samples") or {}).items()}
@@ -305,7 +307,7 @@ def _rows(results: Mapping[str, Any], samples: Sequence[Mapping[str, Any]], labe
     for task, metrics in (results.get("results") or {}).items():
         n = counts.get(task) or sum(counts.get(member, 0) for member in group_members.get(task, []))
         keys = [k for k in metrics if "," in k and "_stderr" not in k]
-        headline = _headline_key(keys)
+        chosen = headline if headline in keys else _headline_key(keys)
         for key in keys:
             metric, _, filter_name = key.partition(",")
             value = metrics[key]
@@ -315,7 +317,7 @@ def _rows(results: Mapping[str, Any], samples: Sequence[Mapping[str, Any]], labe
             stderr = metrics.get(f"{metric}_stderr,{filter_name}")
             stderr = float(stderr) if isinstance(stderr, (int, float)) and not math.isnan(float(stderr)) else None
             rows.append(row(labels, f"{task}/{key}", float(value), n=n, invalid=invalid, task=task, filter=filter_name,
-                            stderr=stderr, headline=key == headline, **settings))
+                            stderr=stderr, headline=key == chosen, **settings))
     if not rows:
         raise UserError("lm-eval returned no metrics for this task")
     return rows
