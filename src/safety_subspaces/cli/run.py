@@ -1,0 +1,70 @@
+"""`safety-subspaces run`: one config, one command, the whole paper; resumable, distributed, reported."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ._help import add_command
+
+EXAMPLES = """\
+  safety-subspaces run                                  # the built-in organism study (builds the zoo if absent)
+  safety-subspaces run studies/qwen2.5-1.5b.yaml --out runs/qwen1.5b
+  safety-subspaces run studies/llama-3.2-1b.yaml --executor ray --ray-address auto
+  safety-subspaces run my-study.yaml --check            # validate the config only
+  # interrupted? run the same command again: finished jobs are kept, the rest run.
+"""
+
+
+def register(subparsers, common: argparse.ArgumentParser) -> None:
+    """Add the run command."""
+    parser = add_command(subparsers, common, "run",
+                         "Run a study (default: the built-in organism study) and write its report.", EXAMPLES, handler=run)
+    parser.add_argument("study", nargs="?", type=Path, help="study YAML (default: the built-in organism study)")
+    parser.add_argument("--out", type=Path, help="run directory (default: runs/<study name>)")
+    parser.add_argument("--force", action="store_true",
+                        help="if the run directory holds a different study, start a new one beside it (never mixes results)")
+    parser.add_argument("--executor", choices=["local", "ray"], help="override the config's executor")
+    parser.add_argument("--ray-address", help="connect to this Ray cluster (default: start a local instance)")
+    parser.add_argument("--workers", type=int, help="number of Ray workers")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default: the config's, else auto)")
+    parser.add_argument("--check", action="store_true", help="validate the study config and exit")
+    parser.add_argument("--no-report", action="store_true", help="skip writing the report")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate and run a study."""
+    from ..study.config import load_study, study_document
+    from ..study.run import default_study_path, run_study
+
+    path = args.study or default_study_path()
+    study = load_study(path)
+    if args.executor or args.ray_address or args.workers:
+        study.executor.kind = args.executor or ("ray" if args.ray_address else study.executor.kind)
+        study.executor.address = args.ray_address or study.executor.address
+        study.executor.workers = args.workers or study.executor.workers
+    if args.check:
+        if args.json:
+            json.dump(study_document(study), sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        else:
+            print(f"{path}: valid study {study.name!r}")
+        return 0
+    result = run_study(study, args.out or Path("runs") / study.name, force=args.force, report=not args.no_report,
+                       device=args.device, threads=args.threads)
+    summary = {"run_dir": str(result.run_dir), "jobs": result.planned, "skipped": result.skipped,
+               "completed": result.completed, "failed": len(result.failed), "seconds": round(result.seconds, 1),
+               "report": str(result.report) if result.report else None}
+    if args.json:
+        json.dump(summary, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(f"study {study.name}: {result.completed} jobs run, {result.skipped} already done, "
+              f"{len(result.failed)} failed, {result.seconds:.0f}s")
+        for label, error in result.failed:
+            print(f"  failed: {label}: {error}")
+        if result.report:
+            print(f"report: {result.report}")
+    return 1 if result.failed else 0

@@ -1,0 +1,94 @@
+"""Job handlers: energy table, evaluation of a model variant, weight and activation overlap."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .plan import Job
+from .worker import Rows, Worker, handles
+
+
+@handles("energy")
+def energy(worker: Worker, job: Job) -> Rows:
+    """The energy table of every fine-tune under the study's subspaces, fractions and schemes."""
+    from ..projection import TensorFilter, energy_table
+
+    spec = job.spec
+    subspaces = worker.subspaces()
+    select = TensorFilter(spec["tensors"])
+    names = [n for n in worker.checkpoint(worker.reference).names if select(n)
+             and worker.checkpoint(worker.reference).infos[n].dtype.is_floating_point]
+    finetunes = {name: worker.checkpoint(name) for name in worker.study.finetunes}
+    rows, _ = energy_table(subspaces, finetunes, names, kinds=spec["subspaces"], fractions=spec["fractions"],
+                           schemes=spec["schemes"])
+    return [("energy", {**row, "reference": worker.reference}) for row in rows]
+
+
+def _labels(spec: dict[str, Any]) -> dict[str, Any]:
+    """Evaluation-table labels of a job's model variant."""
+    if spec["variant"] == "reference":
+        return {"model": spec["model"], "variant": "reference"}
+    return {"model": spec["finetune"], "variant": "projected", "subspace": spec["subspace"],
+            "scheme": spec["scheme"], "fraction": spec["fraction"]}
+
+
+def _swap_in(worker: Worker, spec: dict[str, Any]):
+    """Put the job's model variant into the resident model; return (model, tokenizer)."""
+    from ..projection import ProjectionSpec, TensorFilter
+
+    if spec["variant"] == "reference":
+        return worker.show(spec["model"])
+    select = TensorFilter(spec.get("tensors"), (spec["layer"],) if spec.get("layer") is not None else None)
+    worker.live().apply(worker.checkpoint(spec["finetune"]),
+                        ProjectionSpec.build(spec["scheme"], spec["subspace"], spec["fraction"]), select)
+    return worker.resident()
+
+
+@handles("evaluate")
+def evaluate(worker: Worker, job: Job) -> Rows:
+    """Utility / harm / over-refusal of one model variant, evaluated in memory."""
+    from ..evaluate.harm import evaluate_harm, load_harm_prompts
+    from ..evaluate.judges import make_judge
+    from ..evaluate.utility import evaluate_utility
+
+    spec = job.spec
+    settings = spec["settings"]
+    labels = _labels(spec)
+    extra = {"layer": spec.get("layer"), "job": job.id, "reference": worker.reference}
+    model, tokenizer = _swap_in(worker, spec)
+    rows: list[dict[str, Any]] = []
+    try:
+        for metric in spec["metrics"]:
+            options = settings[metric]
+            if metric == "utility":
+                result = evaluate_utility(
+                    model, tokenizer, task=options["task"], num_fewshot=options["num_fewshot"], limit=options["limit"],
+                    batch_size=options["batch_size"], chat=options["chat"], data_files=options["data_files"],
+                    max_gen_toks=options["max_gen_toks"], labels=labels,
+                )
+                rows.extend({**row, "metric_group": "utility", "task": options["task"]} for row in result.rows)
+            else:
+                benign = metric == "benign"
+                harm_options = settings["harm"]  # over-refusal uses the harm judge and generation settings
+                prompts = load_harm_prompts(options["prompts"], limit=options["limit"])
+                judge = make_judge(harm_options["judge"], **judge_options(harm_options))
+                result = evaluate_harm(
+                    model, tokenizer, prompts=prompts, judge=judge, chat=harm_options["chat"],
+                    max_new_tokens=harm_options["max_new_tokens"], batch_size=harm_options["batch_size"],
+                    benign=benign, prompt_set=options["prompts"], labels=labels,
+                    out_dir=worker.run_dir / "samples" / job.id / metric,
+                )
+                rows.extend({**row, "metric_group": metric} for row in result.rows)
+    finally:
+        worker.live().restore()
+    return [("evaluation", {**row, **extra}) for row in rows]
+
+
+def judge_options(harm: dict[str, Any]) -> dict[str, Any]:
+    """Constructor options of the configured judge."""
+    if harm["judge"] == "rubric":
+        return {"endpoint": harm["judge_endpoint"], "model": harm["judge_model"], "key_env": harm["judge_key_env"],
+                "rubric": harm["rubric_file"], "workers": harm["concurrency"]}
+    if harm["judge"] == "classifier":
+        return {"model": harm["classifier"]}
+    return {}

@@ -1,0 +1,123 @@
+"""A worker runs study jobs with the reference model resident, swapping projected weights in and out in place."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from ..errors import UserError
+from .config import Study, parse_study
+from .plan import Job
+
+Rows = list[tuple[str, dict[str, Any]]]
+HANDLERS: dict[str, Callable[["Worker", Job], Rows]] = {}
+
+
+def handles(kind: str):
+    """Register a job handler for a job kind."""
+
+    def register(function: Callable[["Worker", Job], Rows]) -> Callable[["Worker", Job], Rows]:
+        HANDLERS[kind] = function
+        return function
+
+    return register
+
+
+@dataclass
+class Context:
+    """What every worker needs: the resolved study, local model paths by role, the run directory, device."""
+
+    study: dict[str, Any]
+    models: dict[str, str]
+    run_dir: str
+    device: str = "cpu"
+    threads: int | None = None
+    environment: dict[str, str] = field(default_factory=dict)
+
+
+class Worker:
+    """Runs jobs; loads the reference model once and keeps it resident."""
+
+    def __init__(self, context: Context, name: str = "local"):
+        import os
+
+        os.environ.update(context.environment)
+        self.context, self.name = context, name
+        self.study: Study = parse_study(context.study)
+        self.run_dir = Path(context.run_dir)
+        if context.threads:
+            from ..runtime import configure_threads
+
+            configure_threads(context.threads)
+        self._checkpoints: dict[str, Any] = {}
+        self._resident: tuple[Any, Any] | None = None
+        self._subspaces = None
+        self._live = None
+
+    def checkpoint(self, role: str):
+        """The lazily opened checkpoint of a model role."""
+        from ..checkpoints import Checkpoint
+
+        if role not in self._checkpoints:
+            self._checkpoints[role] = Checkpoint(self.context.models[role], role=role)
+        return self._checkpoints[role]
+
+    @property
+    def reference(self) -> str:
+        """The reference model role (aligned or safety_tuned)."""
+        return self.study.reference
+
+    def subspaces(self):
+        """Alignment subspaces of Δ = W_ref - W_0 (decompositions cached on disk)."""
+        from ..projection import AlignmentSubspaces
+
+        if self._subspaces is None:
+            self._subspaces = AlignmentSubspaces(
+                self.checkpoint("base"), self.checkpoint(self.reference), seed=self.study.seed,
+                method=self.study.projection.svd_method, device=self.context.device,
+            )
+        return self._subspaces
+
+    def resident(self) -> tuple[Any, Any]:
+        """(model, tokenizer) of the reference model, loaded once."""
+        if self._resident is None:
+            from ..models import load_model, load_tokenizer
+
+            path = self.context.models[self.reference]
+            model = load_model(path, dtype=self.study.dtype, device=self.context.device, role=self.reference)
+            self._resident = (model, load_tokenizer(path, role=self.reference))
+        return self._resident
+
+    def live(self):
+        """The resident model wrapped for in-place weight swaps."""
+        from ..projection import LiveModel
+
+        if self._live is None:
+            model, _ = self.resident()
+            self._live = LiveModel(model, self.subspaces(), self.checkpoint(self.reference).names)
+        return self._live
+
+    def show(self, role: str) -> tuple[Any, Any]:
+        """The resident model holding the weights of a model role (the reference, base, a fine-tune)."""
+        live = self.live()
+        if role == self.reference:
+            live.restore()
+        else:
+            live.load(self.checkpoint(role))
+        return self.resident()
+
+    def run(self, job: Job) -> tuple[Rows, float]:
+        """Run one job; return its (table, row) results and its wall time."""
+        handler = HANDLERS.get(job.kind)
+        if handler is None:
+            raise UserError(f"no handler for job kind {job.kind!r}")
+        start = time.perf_counter()
+        rows = handler(self, job)
+        return rows, time.perf_counter() - start
+
+
+def register_handlers() -> None:
+    """Import the modules that register job handlers."""
+    from . import handlers  # noqa: F401

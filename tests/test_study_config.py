@@ -1,0 +1,97 @@
+"""Study configs: every shipped config validates; bad keys and values are named with the allowed ones; planning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from safety_subspaces.cli import main
+from safety_subspaces.errors import UserError
+from safety_subspaces.study.config import load_study, parse_study
+from safety_subspaces.study.plan import plan
+from safety_subspaces.study.run import default_study_path
+
+STUDIES = sorted((Path(__file__).resolve().parents[1] / "studies").glob("*.yaml"))
+MINIMAL = {
+    "name": "mini",
+    "models": {"base": "B", "aligned": "A"},
+    "finetunes": {"useful": "U", "harmful": "H", "contaminated": "C"},
+    "evaluation": {"harm": {"judge": "refusal"}},
+}
+
+
+def with_changes(**changes):
+    """MINIMAL with top-level keys replaced."""
+    return {**MINIMAL, **changes}
+
+
+@pytest.mark.parametrize("path", [*STUDIES, default_study_path()], ids=lambda p: p.name)
+def test_every_shipped_study_validates(path, capsys):
+    study = load_study(path)
+    assert study.name
+    assert main(["run", str(path), "--check"]) == 0
+    assert "valid study" in capsys.readouterr().out
+
+
+def test_paper_studies_are_present():
+    names = {path.stem for path in STUDIES}
+    for model in ("llama-3.2-1b", "llama-2-7b", "qwen2.5-1.5b", "qwen2.5-3b", "qwen2.5-7b"):
+        assert model in names
+    assert any("safety" in name for name in names) and any("dpo" in name for name in names)
+
+
+@pytest.mark.parametrize("data,needle", [
+    (with_changes(colour="red"), "unknown key 'colour'; allowed keys: name, models, finetunes"),
+    (with_changes(projection={"subspaces": ["top_k", "diagonal"]}), "projection.subspaces[1]: 'diagonal' is not allowed; use one of 'top_k', 'random_k', 'random'"),
+    (with_changes(projection={"fractions": [0.5, 1.5]}), "projection.fractions[1]: 1.5 is outside (0, 1]"),
+    (with_changes(projection={"grid": [{"scheme": "parallel", "finetune": "nope"}]}), "projection.grid[0].finetune: 'nope' is not a fine-tune"),
+    (with_changes(projection={"grid": [{"scheme": "sideways", "finetune": "useful"}]}), "'sideways' is not allowed"),
+    (with_changes(executor={"kind": "slurm"}), "executor.kind: 'slurm' is not allowed; use one of 'local', 'ray'"),
+    (with_changes(reference="safety_tuned"), "needs models.safety_tuned"),
+    (with_changes(models={"aligned": "A"}), "missing required key 'base'"),
+    (with_changes(finetunes={}), "at least one fine-tune"),
+    (with_changes(evaluation={"harm": {"judge": "rubric"}}), "the rubric judge needs judge_endpoint and judge_model"),
+    (with_changes(projection={"grid": [], "energy": False}, overlap={"weights": None, "activations": None}), "no jobs"),
+    (with_changes(projection={"fractions": []}), "the grid has no jobs"),
+    (with_changes(seed="x"), "seed: expected an integer"),
+    (with_changes(finetunes={"useful": {"path": "U", "recipe": {"data": "useful"}}}), "either path or recipe"),
+])
+def test_bad_configs_name_the_key(data, needle):
+    with pytest.raises(UserError) as info:
+        parse_study(data)
+    assert needle in str(info.value)
+
+
+def test_cli_reports_bad_config_in_one_line(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(with_changes(projection={"schemes": ["parallel"]})))
+    assert main(["run", str(path), "--check"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown key 'schemes'" in err[0] and str(path) in err[0]
+    assert main(["run", str(tmp_path / "missing.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_plan_counts_and_stable_ids():
+    study = parse_study(MINIMAL)
+    fingerprints = {role: role * 4 for role in ("base", "aligned", "useful", "harmful", "contaminated")}
+    jobs = plan(study, fingerprints, num_layers=4)
+    kinds = [job.kind for job in jobs]
+    # paper grid: 4 entries x 3 subspaces x 5 fractions, plus references base/aligned/3 fine-tunes, energy, overlaps
+    assert kinds.count("evaluate") == 60 + 5
+    assert kinds.count("energy") == 1 and kinds.count("weight_overlap") == 1 and kinds.count("activation_overlap") == 3
+    assert len({job.id for job in jobs}) == len(jobs)
+    assert [job.id for job in plan(study, fingerprints, num_layers=4)] == [job.id for job in jobs]
+    changed = plan(study, {**fingerprints, "harmful": "other"}, num_layers=4)
+    moved = {a.id for a in jobs} ^ {b.id for b in changed}
+    assert moved and all("useful" not in job.label for job in jobs if job.id in moved and job.kind == "evaluate" and job.spec["variant"] == "projected")
+
+
+def test_one_layer_at_a_time_multiplies_jobs():
+    study = parse_study(with_changes(projection={"layers": "each", "subspaces": ["top_k"], "fractions": [0.5]},
+                                     overlap={"weights": None, "activations": None}))
+    jobs = plan(study, {r: r for r in ("base", "aligned", "useful", "harmful", "contaminated")}, num_layers=3)
+    layers = sorted({job.spec["layer"] for job in jobs if job.kind == "evaluate" and job.spec["variant"] == "projected"})
+    assert layers == [0, 1, 2]
