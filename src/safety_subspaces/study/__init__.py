@@ -1,0 +1,1 @@
+"""Studies: one config runs the whole paper — planned, stored, executed, reported."""
