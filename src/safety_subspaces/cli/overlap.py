@@ -227,7 +227,9 @@ def print_curves(rows: list[dict], title: str, pairs: list[str]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title)
+    console = Console()
+    console.print(f"\n[bold]{title}[/bold]", highlight=False)
+    table = Table()
     for name in ("pair", "η", "k_a", "k_b", "MSO", "random"):
         table.add_column(name, justify="left" if name == "pair" else "right", style="dim" if name == "random" else None)
     for pair in pairs:
@@ -235,7 +237,7 @@ def print_curves(rows: list[dict], title: str, pairs: list[str]) -> None:
         for position, row in enumerate(members):
             table.add_row(pair if position == 0 else "", f"{row['eta']:g}", _fmt(row["k_a"], 4), _fmt(row["k_b"], 4),
                           _fmt(row["mso"]), _fmt(row["mso_random"]), end_section=position == len(members) - 1)
-    Console().print(table)
+    console.print(table)
 
 
 def _fmt(value: float, width: int = 3) -> str:

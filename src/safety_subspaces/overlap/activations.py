@@ -44,6 +44,7 @@ ACTIVATION_COLUMNS = [
 NUMERIC = ("k_a", "k_b", "d", "mso", "mso_random")
 DEFAULT_DEPTH = (0.65, 0.90)
 DEFAULT_N = 5000
+CANCELLATION = 1e-12  # a centred trace below this share of the uncentred one is round-off: the set has no spread
 INDEX_RULE = (
     "hidden-state index i of L' = L + 1: the residual stream entering decoder block i (0 = embedding output); "
     "index L = the last block's output before the final norm (HF's hidden_states[L] is after it)"
@@ -188,10 +189,14 @@ def load_prompt_sets(config: ActivationOverlapConfig) -> tuple[dict[str, list[st
 def set_spectrum(moments: Moments, index: int, centered: bool) -> Spectrum:
     """Eigenvectors of one set's (centred) second moment at one index, as a left spectrum with its exact total."""
     second = moments.second[index]
+    total = float(torch.trace(second.double()))
     if centered:
         second = linalg.centered_second_moment(second, moments.total[index], moments.count)
+        spread = float(torch.trace(second))
+        # identical vectors (e.g. the embedding of a shared last token) leave only round-off after centring: no basis
+        total = spread if spread > CANCELLATION * total else 0.0
     vectors, singular = linalg.second_moment_spectrum(second)
-    return Spectrum(vectors, singular.cpu(), float(torch.trace(second.double())))
+    return Spectrum(vectors, singular.cpu(), total)
 
 
 def model_rows(model_name: str, moments: Mapping[str, Moments], indices: Sequence[int],
