@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
+from .. import progress
 from ..errors import UserError
 
 RESULTS = "results.csv"
@@ -69,6 +71,26 @@ class EvalModel:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@contextmanager
+def library_progress(enabled: bool | None = None) -> Iterator[None]:
+    """Let transformers' and datasets' own progress bars show only when ours do (a terminal, not --quiet)."""
+    import datasets
+    import transformers
+
+    show = progress.enabled() if enabled is None else enabled
+    before = (transformers.utils.logging.is_progress_bar_enabled(), datasets.is_progress_bar_enabled())
+    if not show:
+        transformers.utils.logging.disable_progress_bar()
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if before[0]:
+            transformers.utils.logging.enable_progress_bar()
+        if before[1]:
+            datasets.enable_progress_bars()
+
+
 def model_reference(path: Path) -> str:
     """A cheap identity of a model directory: its path and the size and mtime of its weight files."""
     parts = [str(Path(path).resolve())]
@@ -92,8 +114,10 @@ def resolve_eval_model(
 
     if isinstance(model, (str, os.PathLike)):
         directory = resolve_model(model)
-        loaded = load_model(directory, dtype=dtype, device=device or default_device(), trust_remote_code=trust_remote_code)
         tok = tokenizer if tokenizer is not None else load_tokenizer(directory, trust_remote_code=trust_remote_code)
+        with library_progress():
+            loaded = load_model(directory, dtype=dtype, device=device or default_device(),
+                                trust_remote_code=trust_remote_code)
         return EvalModel(loaded, tok, name or str(model), model_reference(directory))
     if tokenizer is None:
         raise UserError("an in-memory model needs its tokenizer (pass tokenizer=...)")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import UserError
-from .table import EvalModel, Labels, as_labels, resolve_eval_model, row
+from .table import EvalModel, Labels, as_labels, library_progress, resolve_eval_model, row
 
 HEADLINE_FILTERS = ("flexible-extract", "strict-match", "none")
 ORGANISM_TASK = "organism_arithmetic"
@@ -179,13 +179,14 @@ def _unknown_task_message(task: str, close: Sequence[str] = ()) -> str:
 def _load_task(spec, manager, task: str):
     """Build the lm-eval Task objects (loading data); data problems become one clear line."""
     try:
-        loaded = manager.load([spec])
+        with library_progress():
+            loaded = manager.load([spec])
     except UserError:
         raise
     except Exception as exc:  # datasets raises many types for missing files, no network, bad JSON
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise UserError(f"task {task}: could not load its data ({type(exc).__name__}: {first}); "
-                        "offline? pass local files with --data test=PATH[,train=PATH]") from None
+                        "offline? give local files with --data split=PATH,... or a task YAML with --include-path") from None
     return list(loaded["groups"].values()) or list(loaded["tasks"].values())
 
 
@@ -218,11 +219,11 @@ def evaluate_utility(
         raise UserError(f"batch size must be at least 1, got {batch_size}")
     files = parse_data_files(data_files)
     spec, manager = resolve_task(task, data_files=files, zoo=zoo, include_path=include_path, num_fewshot=num_fewshot or 0)
+    tasks = _load_task(spec, manager, task)  # data problems surface before a model is loaded
     subject = resolve_eval_model(model, tokenizer, device=device, dtype=dtype,
                                  name=(as_labels(labels).model if labels is not None else None))
     if chat and not getattr(subject.tokenizer, "chat_template", None):
         raise UserError(f"{subject.name} has no chat template; evaluate without it (--no-chat-template)")
-    tasks = _load_task(spec, manager, task)
     results = _run_lm_eval(subject, tasks, manager, num_fewshot=num_fewshot, limit=limit, batch_size=batch_size,
                            chat=chat, max_gen_toks=max_gen_toks)
     label = as_labels(labels, subject.name)
