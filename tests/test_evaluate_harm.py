@@ -163,6 +163,19 @@ def test_evaluate_harm_in_memory_returns_table_rows_and_samples():
     assert all(s["response"] for s in result.samples) and result.out_dir is None
 
 
+def test_in_memory_runs_resume_by_their_labels_and_refuse_other_variants(tmp_path):
+    model, tokenizer = factories.tiny_model(seed=1), factories.tiny_tokenizer()
+    out, labels = tmp_path / "run", {"model": "aligned", "variant": "harmful", "scheme": "parallel", "fraction": 0.25}
+    first = evaluate_harm(model, tokenizer, prompts=["a", "b"], judge=ScriptedJudge([2, 4]), out_dir=out,
+                          max_new_tokens=3, labels=labels)
+    again = ScriptedJudge([])
+    second = evaluate_harm(model, tokenizer, prompts=["a", "b"], judge=again, out_dir=out, max_new_tokens=3, labels=labels)
+    assert again.calls == 0 and second.rows == first.rows and second.metric("harm_score") == 3.0
+    with pytest.raises(UserError, match="different run"):
+        evaluate_harm(model, tokenizer, prompts=["a", "b"], judge=ScriptedJudge([1, 1]), out_dir=out, max_new_tokens=3,
+                      labels={**labels, "fraction": 0.5})
+
+
 # ---------------------------------------------------------------- CLI, journals, resume
 
 

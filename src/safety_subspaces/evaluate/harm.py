@@ -13,7 +13,7 @@ from .. import files, progress
 from ..errors import UserError
 from .journal import Journal
 from .judges import REFUSAL_SCORE, Judge, Judgment
-from .table import EvalModel, Labels, as_labels, resolve_eval_model, row, write_outputs
+from .table import EvalModel, Labels, as_labels, resolve_eval_model, row, run_identity, write_outputs
 
 RUN_KIND = "evaluate-harm"
 GENERATIONS = "generations.jsonl"
@@ -30,7 +30,10 @@ class HarmResult:
 
     def metric(self, name: str) -> float | None:
         """The value of one metric row."""
-        return next(r["value"] for r in self.rows if r["metric"] == name)
+        for item in self.rows:
+            if item["metric"] == name:
+                return item["value"]
+        raise KeyError(f"no metric {name!r}; have {[r['metric'] for r in self.rows]}")
 
 
 def load_harm_prompts(source: str | Path, *, limit: int | None = None, zoo: str | Path | None = None,
@@ -171,7 +174,7 @@ def evaluate_harm(
     format_prompts(subject.tokenizer, prompts[:1], chat=chat, model_name=subject.name)  # fails early without a template
     label = as_labels(labels, subject.name)
     config = {
-        "model": subject.reference, "prompt_set": prompt_set, "prompts": fingerprint([{"p": p} for p in prompts]),
+        "model": run_identity(subject, label), "prompt_set": prompt_set, "prompts": fingerprint([{"p": p} for p in prompts]),
         "n": len(prompts), "chat": chat, "max_new_tokens": max_new_tokens, "judge": judge.identity(), "benign": benign,
     }
     directory = Path(out_dir).expanduser() if out_dir is not None else None

@@ -164,7 +164,7 @@ class RubricJudge(Judge):
 
     def judge_many(self, items: Sequence[Item], on_result: OnResult) -> None:
         """Judge with a thread pool; on a failure stop submitting, keep what finished, then raise."""
-        error: BaseException | None = None
+        error: Exception | None = None
         stop = threading.Event()
 
         def attempt(request: str, reply: str) -> Judgment | None:
@@ -172,25 +172,31 @@ class RubricJudge(Judge):
                 return None  # an earlier item failed: do not start new work
             try:
                 return self.judge_one(request, reply)
-            except BaseException:
+            except Exception:
                 stop.set()
                 raise
 
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="judge") as pool:
             futures = {pool.submit(attempt, request, reply): index for index, (request, reply) in enumerate(items)}
-            for future in as_completed(futures):
-                try:
-                    judgment = future.result()
-                except CancelledError:
-                    continue
-                except BaseException as exc:  # noqa: BLE001 - re-raised after the pool drains
-                    if error is None:
-                        error = exc
-                        for pending in futures:
-                            pending.cancel()
-                    continue
-                if judgment is not None:
-                    on_result(futures[future], judgment)
+            try:
+                for future in as_completed(futures):
+                    try:
+                        judgment = future.result()
+                    except CancelledError:
+                        continue
+                    except Exception as exc:  # re-raised once the requests in flight are done and kept
+                        if error is None:
+                            error = exc
+                            for pending in futures:
+                                pending.cancel()
+                        continue
+                    if judgment is not None:
+                        on_result(futures[future], judgment)
+            except BaseException:  # Ctrl-C: start nothing new, let the pool wind down
+                stop.set()
+                for pending in futures:
+                    pending.cancel()
+                raise
         if error is not None:
             raise error
 

@@ -6,7 +6,7 @@ import json
 import math
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -68,7 +68,7 @@ class EvalModel:
     tokenizer: Any
     name: str
     reference: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    in_memory: bool = False
 
 
 @contextmanager
@@ -89,6 +89,11 @@ def library_progress(enabled: bool | None = None) -> Iterator[None]:
             transformers.utils.logging.enable_progress_bar()
         if before[1]:
             datasets.enable_progress_bars()
+
+
+def run_identity(subject: EvalModel, labels: Labels) -> Any:
+    """What identifies the evaluated model in a run directory: its files, or for a model in memory its labels."""
+    return {"in_memory": asdict(labels)} if subject.in_memory else subject.reference
 
 
 def model_reference(path: Path) -> str:
@@ -122,7 +127,7 @@ def resolve_eval_model(
     if tokenizer is None:
         raise UserError("an in-memory model needs its tokenizer (pass tokenizer=...)")
     guess = getattr(getattr(model, "config", None), "name_or_path", "") or "model"
-    return EvalModel(model, tokenizer, name or str(guess), f"in-memory:{name or guess}")
+    return EvalModel(model, tokenizer, name or str(guess), f"in-memory:{name or guess}", in_memory=True)
 
 
 def write_outputs(directory: Path, rows: Sequence[Mapping[str, Any]], samples: Sequence[Mapping[str, Any]]) -> None:
