@@ -129,3 +129,8 @@ def test_bad_weight_inputs(files, tmp_path, capsys):
     bad(capsys, weights("--update", f"u={files['U']}", "--update", f"h={files['H']}", "--depth-percentiles", "120"), "120")
     bad(capsys, weights("--update", f"u={files['U']}", "--update", f"h={files['H']}", "--pairs", "u:x"), "no update named 'x'")
     assert not (tmp_path / "w").exists()
+
+
+def test_overlap_without_an_analysis_prints_help_and_exits_2(capsys):
+    assert main(["overlap"]) == 2
+    assert "weights" in capsys.readouterr().err

@@ -53,7 +53,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     analyses = parser.add_subparsers(dest="analysis", metavar="<analysis>", parser_class=type(parser))
-    parser.set_defaults(handler=lambda args: _usage(parser))
+    parser.set_defaults(handler=lambda args: _usage(parser), threads=None, json=False, quiet=False)
     register_weights(analyses, common)
     register_activations(analyses, common)
 

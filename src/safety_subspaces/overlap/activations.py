@@ -255,9 +255,9 @@ def run_activation_overlap(config: ActivationOverlapConfig) -> ActivationOverlap
     started = time.time()
     config.validate()
     window = Window.parse(config.window)
-    paths = check_hidden_sizes(config.models)
-    sets, notes = load_prompt_sets(config)
+    sets, notes = load_prompt_sets(config)  # before models: a prompt error should not wait for a download
     pairs = choose_pairs(list(sets), config.pairs, "prompt set")
+    paths = check_hidden_sizes(config.models)
     needed = [name for name in sets if any(name in pair for pair in pairs)]
     run_identity = identity(config, paths, sets, pairs)
     check_run_dir(config.out, run_identity, kind="overlap-activations")
