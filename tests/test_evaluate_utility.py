@@ -133,6 +133,18 @@ def test_local_gsm8k_needs_its_files(tmp_path, gsm8k_files):
     assert spec["dataset_path"] == "json" and "fewshot_split" not in spec and spec["task"] == "gsm8k"
 
 
+def test_organism_task_generates_like_the_organisms_own_measurement():
+    import yaml
+
+    from safety_subspaces.evaluate.utility import package_task_yaml
+    from safety_subspaces.organism import behaviour
+
+    config = yaml.safe_load(package_task_yaml("organism_arithmetic").read_text())
+    assert config["generation_kwargs"]["max_gen_toks"] == behaviour.ARITH_MAX_NEW_TOKENS
+    assert config["generation_kwargs"]["do_sample"] is False and config["num_fewshot"] == 0
+    assert behaviour.generation_settings()["chat_template"] is True
+
+
 def test_organism_task_without_a_zoo_says_how_to_build_one(tmp_path):
     with pytest.raises(UserError, match="organism build"):
         resolve_task("organism_arithmetic", zoo=tmp_path)
