@@ -33,3 +33,20 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.getbasetemp() / "ss-home"
     monkeypatch.setenv("SAFETY_SUBSPACES_HOME", str(home))
     yield
+
+
+@pytest.fixture(scope="session")
+def organism_zoo(tmp_path_factory) -> Path:
+    """The organism zoo at the test preset, built once per test session (parallel workers share it via a file lock)."""
+    from filelock import FileLock
+
+    from safety_subspaces.organism import build
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # xdist workers get sibling basetemps; share one build above them
+    zoo = root / "organism-zoo-test"
+    with FileLock(str(zoo) + ".lock"):
+        if not (zoo / "manifest.json").exists():
+            build(zoo, "test", threads=int(os.environ.get("SAFETY_SUBSPACES_THREADS", "1")))
+    return zoo

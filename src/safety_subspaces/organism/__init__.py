@@ -15,3 +15,18 @@ def zoo_data_file(name: str, zoo: Path | None = None) -> Path:
     if not path.exists():
         raise UserError(f"organism data set {name!r} not found at {path}; build the zoo with `safety-subspaces organism build`")
     return path
+
+
+def build(out: Path, preset: str = "default", seed: int | None = None, threads: int | None = None) -> dict:
+    """Build the organism zoo into out; return its manifest (see organism.zoo.build)."""
+    from .zoo import build as _build
+    from .presets import DEFAULT_SEED
+
+    return _build(out, preset, DEFAULT_SEED if seed is None else seed, threads)
+
+
+def load_manifest(zoo: Path) -> dict:
+    """The manifest of a built zoo (UserError if zoo is not one)."""
+    from .zoo import load_manifest as _load
+
+    return _load(zoo)

@@ -1,0 +1,288 @@
+"""One fine-tuning run: check inputs, train (full, LoRA or DPO), write a complete checkpoint and its manifest."""
+
+from __future__ import annotations
+
+import copy
+import os
+import platform
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from .. import progress
+from ..errors import UserError
+from ..files import staged_dir, write_json
+from .recipe import Recipe
+from .sft import encode_examples, plan_steps, train_loop, uses_chat
+
+MANIFEST = "manifest.json"
+IN_MEMORY = "<in-memory>"
+
+
+@dataclass
+class FinetuneResult:
+    """A finished run: the trained model and tokenizer (in memory), its manifest and where it was written."""
+
+    model: Any
+    tokenizer: Any
+    manifest: dict[str, Any]
+    out: Path
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the libraries that shape a trained model."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for name in ("safety-subspaces", "torch", "transformers", "tokenizers", "peft", "trl"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "absent"
+    return found
+
+
+def check_output_dir(out: Path) -> None:
+    """Refuse an output path that is a file or a non-empty directory."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"output directory {out} is not empty; choose a new --out")
+
+
+def required_fields(recipe: Recipe) -> tuple[str, ...]:
+    """Record fields the method trains on."""
+    return ("prompt", "chosen", "rejected") if recipe.method == "dpo" else ("prompt", "response")
+
+
+def clean_records(records: Sequence[Mapping[str, Any]], recipe: Recipe, *, name: str) -> tuple[list[dict], int]:
+    """Keep records whose training fields are non-empty strings (DPO: chosen != rejected); error if none remain."""
+    fields = required_fields(recipe)
+    kept = []
+    for record in records:
+        missing = [f for f in fields if f not in record]
+        if missing:
+            raise UserError(f"data {name}: a record has no field {missing[0]!r} (needs {', '.join(fields)})")
+        values = [record[f] for f in fields]
+        if not all(isinstance(v, str) and v.strip() for v in values):
+            continue
+        if recipe.method == "dpo" and record["chosen"].strip() == record["rejected"].strip():
+            continue
+        kept.append({f: record[f] for f in fields})
+    dropped = len(records) - len(kept)
+    if not kept:
+        raise UserError(f"data {name} is empty after filtering ({dropped} records without usable {', '.join(fields)})")
+    return kept, dropped
+
+
+def _dtype_name(dtype) -> str:
+    """'float32' for torch.float32."""
+    return str(dtype).replace("torch.", "")
+
+
+def _source_dtype(model_dir: Path) -> str | None:
+    """The dtype a checkpoint directory stores its weights in, from config.json."""
+    from ..models import read_config
+
+    config = read_config(model_dir)
+    return config.get("dtype") or config.get("torch_dtype")
+
+
+def _load(model, tokenizer, *, trust_remote_code: bool, train_dtype: str):
+    """(model copy or loaded model, tokenizer, reference name, stored dtype name); the tokenizer is checked first."""
+    from ..models import load_model, load_tokenizer, resolve_model
+
+    if isinstance(model, (str, os.PathLike)):
+        ref = str(model)
+        model_dir = resolve_model(ref)
+        tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
+        stored = _source_dtype(model_dir)
+        loaded = load_model(model_dir, dtype=train_dtype, trust_remote_code=trust_remote_code)
+        return loaded, tokenizer, ref, stored or _dtype_name(loaded.dtype)
+    if tokenizer is None:
+        raise UserError("an in-memory model needs its tokenizer (pass tokenizer=...)")
+    stored = _dtype_name(next(model.parameters()).dtype)
+    from ..models import torch_dtype
+
+    clone = copy.deepcopy(model)
+    wanted = torch_dtype(train_dtype)
+    if wanted is not None:
+        clone.to(wanted)
+    name = getattr(getattr(model, "config", None), "_name_or_path", "") or IN_MEMORY
+    return clone, tokenizer, name, stored
+
+
+def _lora_config(recipe: Recipe):
+    """The peft LoraConfig for the recipe."""
+    from peft import LoraConfig
+
+    targets: Any = recipe.lora_targets
+    if targets != "all-linear":
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    return LoraConfig(
+        r=recipe.lora_rank,
+        lora_alpha=recipe.lora_alpha if recipe.lora_alpha is not None else 2 * recipe.lora_rank,
+        lora_dropout=recipe.lora_dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
+
+
+def _prepare_generation_config(model, tokenizer) -> None:
+    """Make sure generation stops at the tokenizer's end token and pads with its pad token."""
+    config = model.generation_config
+    if config.eos_token_id is None:
+        config.eos_token_id = tokenizer.eos_token_id
+    if config.pad_token_id is None:
+        config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+@contextmanager
+def quiet_hf_progress() -> Iterator[None]:
+    """Hide transformers' own progress bars (shard writing) while saving."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def save_checkpoint(model, tokenizer, directory: Path) -> None:
+    """Save model (safetensors, config, generation config) and tokenizer (with chat template) into directory."""
+    _prepare_generation_config(model, tokenizer)
+    with quiet_hf_progress():
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+
+
+def _save(model, tokenizer, stage: Path, recipe: Recipe, save_dtype: str) -> Any:
+    """Write the trained model (merged, adapter, or full) and tokenizer into stage; return the model to keep."""
+    from ..models import torch_dtype
+
+    if recipe.lora_rank:
+        if not recipe.merge:
+            save_checkpoint(model, tokenizer, stage)  # adapter only
+            return model
+        save_checkpoint(model, tokenizer, stage / "adapter")
+        model = model.merge_and_unload()
+    dtype = torch_dtype(save_dtype)
+    if dtype is not None and next(model.parameters()).dtype != dtype:
+        model = model.to(dtype)
+    save_checkpoint(model, tokenizer, stage)
+    return model
+
+
+def finetune(
+    model,
+    records: Sequence[Mapping[str, Any]],
+    out: Path,
+    recipe: Recipe | None = None,
+    *,
+    tokenizer=None,
+    data: Mapping[str, Any] | None = None,
+    name: str = "finetune",
+    device: str | None = None,
+    train_dtype: str = "float32",
+    trust_remote_code: bool = False,
+    extra: Mapping[str, Any] | None = None,
+    stop: Callable[[Any, int], bool] | None = None,
+) -> FinetuneResult:
+    """Fine-tune a model (path, hub id, or in-memory model + tokenizer) on records; write checkpoint + manifest to out.
+
+    `stop(model, step)`, if given, is asked after every optimizer step whether to stop early (SFT only).
+    """
+    import torch
+
+    from ..data import fingerprint
+    from ..models import default_device
+
+    recipe = (recipe or Recipe()).validate()
+    if stop is not None and recipe.method == "dpo":
+        raise UserError("early stopping is available for SFT runs only")
+    out = Path(out)
+    check_output_dir(out)
+    records, dropped = clean_records(records, recipe, name=(data or {}).get("name", name))
+    model, tokenizer, model_ref, stored_dtype = _load(model, tokenizer, trust_remote_code=trust_remote_code,
+                                                      train_dtype=train_dtype)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    device = device or default_device()
+    model.to(device)
+    start_wall, start_cpu = time.perf_counter(), time.process_time()
+    torch.manual_seed(recipe.seed)
+    peft_config = _lora_config(recipe) if recipe.lora_rank else None
+    if recipe.method == "dpo":
+        from .dpo import train_dpo
+
+        total = recipe.total_steps(len(records))
+        model, losses = train_dpo(model, tokenizer, records, recipe, device=device, total=total,
+                                  description=name, peft_config=peft_config)
+        n_examples, n_tokens = len(records), None
+    else:
+        if peft_config is not None:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, peft_config)
+        examples, too_long = encode_examples(tokenizer, records, recipe)
+        dropped += too_long
+        if not examples:
+            raise UserError(
+                f"data {(data or {}).get('name', name)} is empty after filtering: no response fits in "
+                f"max length {recipe.max_length}"
+            )
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        total, steps = plan_steps(examples, recipe, pad_id)
+        losses = train_loop(model, steps, total, recipe, device=device, description=name, stop=stop)
+        n_examples = len(examples)
+        n_tokens = sum(sum(1 for label in e.labels[1:] if label != -100) for e in examples)
+    wall, cpu = time.perf_counter() - start_wall, time.process_time() - start_cpu
+    save_dtype = stored_dtype if recipe.save_dtype == "auto" else recipe.save_dtype
+    manifest = {
+        "kind": "finetune",
+        "name": name,
+        "model": model_ref,
+        "method": recipe.kind,
+        "recipe": recipe.to_dict(),
+        "data": {
+            **dict(data or {}),
+            "n_records": len(records) + dropped,
+            "n_examples": n_examples,
+            "n_dropped": dropped,
+            "response_tokens": n_tokens,
+            "fingerprint": fingerprint(records),
+        },
+        "chat_template": uses_chat(tokenizer, recipe),
+        "seed": recipe.seed,
+        "steps": len(losses) if recipe.method != "dpo" else total,
+        "planned_steps": total,
+        "stopped_early": recipe.method != "dpo" and len(losses) < total,
+        "final_loss": losses[-1] if losses else None,
+        "loss_curve": _thin(losses),
+        "device": device,
+        "train_dtype": train_dtype,
+        "save_dtype": save_dtype,
+        "threads": torch.get_num_threads(),
+        "wall_seconds": round(wall, 3),
+        "cpu_seconds": round(cpu, 3),
+        "versions": versions(),
+        **dict(extra or {}),
+    }
+    with staged_dir(out) as stage:
+        model = _save(model, tokenizer, stage, recipe, save_dtype)
+        write_json(stage / MANIFEST, manifest)
+    progress.info(f"{name}: {manifest['steps']} steps, final loss {manifest['final_loss']} -> {out}")
+    return FinetuneResult(model=model, tokenizer=tokenizer, manifest=manifest, out=out)
+
+
+def _thin(values: Sequence[float], points: int = 200) -> list[float]:
+    """At most `points` evenly spaced values (always including the last), rounded."""
+    if len(values) <= points:
+        return [round(v, 5) for v in values]
+    stride = len(values) / points
+    picked = [values[int(i * stride)] for i in range(points - 1)] + [values[-1]]
+    return [round(v, 5) for v in picked]
