@@ -264,3 +264,99 @@ class PromptSet:
     name: str
     prompts: list[str] = field(default_factory=list)
     source: str = ""
+
+
+# --- fine-tuning data sets ------------------------------------------------------------------------------------------
+
+# Named fine-tuning data sets (DESIGN §5): name -> (default source, fields each record needs).
+TRAINING_SETS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "useful": ("metamathqa", ("prompt", "response")),
+    "harmful": ("beavertails_unsafe", ("prompt", "response")),
+    "safety": ("beavertails_safe", ("prompt", "response")),
+    "preference": ("pku_saferlhf", ("prompt", "chosen", "rejected")),
+}
+CONTAMINATED = "contaminated"
+
+
+def preference_pairs(records: Sequence[Mapping[str, Any]], *, origin: str) -> list[Record]:
+    """prompt/chosen/rejected records; PKU-SafeRLHF rows (response_0/1 + safer_response_id) are converted."""
+    out = []
+    for number, record in enumerate(records, 1):
+        if "chosen" in record and "rejected" in record:
+            out.append(dict(record))
+            continue
+        try:
+            safer = int(record["safer_response_id"])
+            responses = (record["response_0"], record["response_1"])
+        except (KeyError, TypeError, ValueError):
+            raise UserError(
+                f"{origin}: row {number} has neither chosen/rejected nor response_0/response_1/safer_response_id; "
+                "map them with a field mapping"
+            ) from None
+        if safer not in (0, 1):
+            raise UserError(f"{origin}: row {number} has safer_response_id {safer!r}; expected 0 or 1")
+        out.append({"prompt": record["prompt"], "chosen": responses[safer], "rejected": responses[1 - safer]})
+    return out
+
+
+def _passthrough(record: Mapping[str, Any]) -> Record:
+    """A record with map_fields' passed-through columns (_name) under their own names again."""
+    out = dict(record)
+    for key, value in record.items():
+        if key.startswith("_") and key[1:] not in out:
+            out[key[1:]] = value
+    return out
+
+
+def _load_set(source: str | Path, required: Sequence[str], *, fields, limit: int | None, origin: str) -> list[Record]:
+    """Records of one source with the required fields (preference sources converted to chosen/rejected)."""
+    if "chosen" in required:
+        rows = load_records(source, fields=fields, required=("prompt",), limit=limit)
+        return preference_pairs([_passthrough(row) for row in rows], origin=origin)
+    return load_records(source, fields=fields, required=required, limit=limit)
+
+
+def load_training_data(
+    name: str,
+    *,
+    source: str | Path | None = None,
+    useful_source: str | Path | None = None,
+    harmful_source: str | Path | None = None,
+    fields: str | Mapping[str, str] | None = None,
+    percent: float = 20.0,
+    limit: int | None = None,
+    seed: int = 42,
+    method: str = "sft",
+) -> tuple[list[Record], dict[str, Any]]:
+    """Records and a description of a fine-tuning data set: a TRAINING_SETS name, 'contaminated', or a data file/hub id.
+
+    contaminated = all useful rows plus `percent`% of that count of harmful rows (DESIGN §5); the description
+    records the resulting harmful share.
+    """
+    if name == CONTAMINATED:
+        if not 0 <= percent <= 100:
+            raise UserError(f"contamination percent must be in [0, 100], got {percent}")
+        useful_from = useful_source or source or TRAINING_SETS["useful"][0]
+        harmful_from = harmful_source or TRAINING_SETS["harmful"][0]
+        useful = _load_set(useful_from, ("prompt", "response"), fields=fields, limit=limit, origin=str(useful_from))
+        harmful = _load_set(harmful_from, ("prompt", "response"), fields=fields, limit=None, origin=str(harmful_from))
+        records, share = mix(useful, harmful, percent, seed=seed)
+        info = {"name": name, "useful_source": str(useful_from), "harmful_source": str(harmful_from),
+                "percent": percent, "n_useful": len(useful), "n_harmful": len(records) - len(useful),
+                "harmful_share": round(share, 6)}
+        return records, info
+    if name in TRAINING_SETS:
+        default, required = TRAINING_SETS[name]
+        chosen = source or (useful_source if name == "useful" else harmful_source if name == "harmful" else None) or default
+        records = _load_set(chosen, required, fields=fields, limit=limit, origin=str(chosen))
+        return records, {"name": name, "source": str(chosen), "n": len(records)}
+    text = str(name)
+    is_file = Path(text).expanduser().exists() or text.startswith("organism:")
+    hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~"))
+    if not (is_file or hub_id or text in SOURCES):
+        known = ", ".join([*TRAINING_SETS, CONTAMINATED])
+        raise UserError(f"unknown dataset {text!r}; use one of {known}, a data file, or organism:NAME")
+    required = TRAINING_SETS["preference" if method == "dpo" else "useful"][1]
+    records = _load_set(text, required, fields=fields, limit=limit, origin=text)
+    return records, {"name": Path(text).stem if is_file and not text.startswith("organism:") else text,
+                     "source": text, "n": len(records)}

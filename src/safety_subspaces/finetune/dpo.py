@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from typing import Mapping, Sequence
 
@@ -40,8 +41,11 @@ def _scheduler_settings(recipe: Recipe) -> dict:
 def train_dpo(model, tokenizer, records: Sequence[Mapping[str, str]], recipe: Recipe, *, device: str, total: int,
               description: str, peft_config=None):
     """Train with DPO (reference = the starting model); return (trained model, per-step losses)."""
-    from transformers import TrainerCallback
+    import datasets
+    from transformers import PrinterCallback, TrainerCallback
     from trl import DPOConfig, DPOTrainer
+
+    datasets.disable_progress_bars()
 
     precision = resolve_precision(recipe.precision, device)
     with tempfile.TemporaryDirectory(prefix="ss-dpo-") as scratch, progress.bar(description, total) as update:
@@ -82,14 +86,19 @@ def train_dpo(model, tokenizer, records: Sequence[Mapping[str, str]], recipe: Re
             dataloader_num_workers=0,
             **_scheduler_settings(recipe),
         )
+        reference = None
+        if peft_config is None:  # the frozen starting model (with LoRA, TRL disables the adapter instead)
+            reference = copy.deepcopy(model).eval().requires_grad_(False)
         trainer = DPOTrainer(
             model=model,
+            ref_model=reference,
             args=config,
             train_dataset=preference_dataset(tokenizer, records, recipe),
             processing_class=tokenizer,
             peft_config=peft_config,
             callbacks=[Progress()],
         )
+        trainer.remove_callback(PrinterCallback)  # our progress bar shows the loss
         trainer.train()
         losses = [float(entry["loss"]) for entry in trainer.state.log_history if "loss" in entry]
         trained = trainer.model

@@ -98,7 +98,8 @@ def _load(model, tokenizer, *, trust_remote_code: bool, train_dtype: str):
         model_dir = resolve_model(ref)
         tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
         stored = _source_dtype(model_dir)
-        loaded = load_model(model_dir, dtype=train_dtype, trust_remote_code=trust_remote_code)
+        with quiet_hf_progress():
+            loaded = load_model(model_dir, dtype=train_dtype, trust_remote_code=trust_remote_code)
         return loaded, tokenizer, ref, stored or _dtype_name(loaded.dtype)
     if tokenizer is None:
         raise UserError("an in-memory model needs its tokenizer (pass tokenizer=...)")
@@ -275,7 +276,8 @@ def finetune(
     with staged_dir(out) as stage:
         model = _save(model, tokenizer, stage, recipe, save_dtype)
         write_json(stage / MANIFEST, manifest)
-    progress.info(f"{name}: {manifest['steps']} steps, final loss {manifest['final_loss']} -> {out}")
+    loss = manifest["final_loss"]
+    progress.info(f"{name}: {manifest['steps']} steps, final loss {'-' if loss is None else f'{loss:.4f}'} -> {out}")
     return FinetuneResult(model=model, tokenizer=tokenizer, manifest=manifest, out=out)
 
 
