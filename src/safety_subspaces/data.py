@@ -323,6 +323,8 @@ def load_training_data(
     useful_source: str | Path | None = None,
     harmful_source: str | Path | None = None,
     fields: str | Mapping[str, str] | None = None,
+    useful_fields: str | Mapping[str, str] | None = None,
+    harmful_fields: str | Mapping[str, str] | None = None,
     percent: float = 20.0,
     limit: int | None = None,
     seed: int = 42,
@@ -331,15 +333,18 @@ def load_training_data(
     """Records and a description of a fine-tuning data set: a TRAINING_SETS name, 'contaminated', or a data file/hub id.
 
     contaminated = all useful rows plus `percent`% of that count of harmful rows (DESIGN §5); the description
-    records the resulting harmful share.
+    records the resulting harmful share. `fields` maps every source; useful_fields / harmful_fields override it for
+    the two parts of contaminated.
     """
     if name == CONTAMINATED:
         if not 0 <= percent <= 100:
             raise UserError(f"contamination percent must be in [0, 100], got {percent}")
         useful_from = useful_source or source or TRAINING_SETS["useful"][0]
         harmful_from = harmful_source or TRAINING_SETS["harmful"][0]
-        useful = _load_set(useful_from, ("prompt", "response"), fields=fields, limit=limit, origin=str(useful_from))
-        harmful = _load_set(harmful_from, ("prompt", "response"), fields=fields, limit=None, origin=str(harmful_from))
+        useful = _load_set(useful_from, ("prompt", "response"), fields=useful_fields or fields, limit=limit,
+                           origin=str(useful_from))
+        harmful = _load_set(harmful_from, ("prompt", "response"), fields=harmful_fields or fields, limit=None,
+                            origin=str(harmful_from))
         records, share = mix(useful, harmful, percent, seed=seed)
         info = {"name": name, "useful_source": str(useful_from), "harmful_source": str(harmful_from),
                 "percent": percent, "n_useful": len(useful), "n_harmful": len(records) - len(useful),

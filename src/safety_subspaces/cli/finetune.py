@@ -72,6 +72,8 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     data.add_argument("--useful-source", help="contaminated: the useful part (default metamathqa)")
     data.add_argument("--harmful-source", help="contaminated: the harmful part (default beavertails_unsafe)")
     data.add_argument("--fields", help="field mapping ours=theirs, e.g. prompt=query,response=answer")
+    data.add_argument("--useful-fields", help="contaminated: field mapping of the useful part (default --fields)")
+    data.add_argument("--harmful-fields", help="contaminated: field mapping of the harmful part (default --fields)")
     data.add_argument("--percent", type=float, default=20.0, help="contaminated: harmful rows as %% of the useful count (default 20)")
     data.add_argument("--limit", type=int, help="use only the first N rows of each source")
     data.add_argument("--data-seed", type=int, default=42, help="seed of the contaminated mix's shuffle (default 42)")
@@ -108,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(args.out)
     records, info = load_training_data(
         args.data, source=args.source, useful_source=args.useful_source, harmful_source=args.harmful_source,
-        fields=args.fields, percent=args.percent, limit=args.limit, seed=args.data_seed, method=recipe.method,
+        fields=args.fields, useful_fields=args.useful_fields, harmful_fields=args.harmful_fields, percent=args.percent, limit=args.limit, seed=args.data_seed, method=recipe.method,
     )
     result = finetune(args.model, records, args.out, recipe, data=info, name=f"finetune {info['name']}",
                       device=args.device, train_dtype=args.train_dtype, trust_remote_code=args.trust_remote_code)
