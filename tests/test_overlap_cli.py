@@ -134,3 +134,32 @@ def test_bad_weight_inputs(files, tmp_path, capsys):
 def test_overlap_without_an_analysis_prints_help_and_exits_2(capsys):
     assert main(["overlap"]) == 2
     assert "weights" in capsys.readouterr().err
+
+
+def test_end_to_end_on_the_organism(organism_zoo, tmp_path, capsys, monkeypatch):
+    zoo = organism_zoo
+    monkeypatch.setenv("SAFETY_SUBSPACES_ZOO", str(zoo))  # organism:NAME prompt sets resolve in this zoo
+    assert main(["overlap", "weights", "--reference", str(zoo / "aligned"), "--update", f"useful={zoo / 'useful'}",
+                 "--update", f"harmful={zoo / 'harmful'}", "--update", f"base={zoo / 'base'}", "--eta", "0.1,0.5,0.9",
+                 "--out", str(tmp_path / "w"), "--json"]) == 0
+    weights = json.loads(capsys.readouterr().out)
+    layers = json.loads((zoo / "aligned" / "config.json").read_text())["num_hidden_layers"]
+    assert weights["depth_layers"]["p70"] == int(0.7 * layers)
+    pairs = {row["pair"] for row in weights["rows"]}
+    assert pairs == {"useful vs harmful", "useful vs base", "harmful vs base"}
+    assert all(0 <= row["mso"] <= 1 and 0 < row["mso_random"] <= 1 for row in weights["rows"])
+
+    assert main(["overlap", "activations", "--model", f"aligned={zoo / 'aligned'}", "--model", f"useful={zoo / 'useful'}",
+                 "--prompts", "useful=organism:arithmetic_eval", "--prompts", "harmful=organism:harmful_eval",
+                 "--prompts", "violence=organism:harmful_eval@category=violence", "--n", "64", "--allow-fewer",
+                 "--eta", "0.5,0.9", "--out", str(tmp_path / "a"), "--json"]) == 0
+    activations = json.loads(capsys.readouterr().out)
+    assert set(activations["bands"]) == {"aligned", "useful"} and activations["prompt_counts"]["harmful"] == 64
+    rows = {(r["model"], r["pair"], r["centered"], r["eta"]): r for r in activations["rows"]}
+    for model in ("aligned", "useful"):
+        # the shared mean direction dominates uncentred MSO; a subset of a prompt set overlaps it more than another set
+        assert rows[(model, "useful vs harmful", False, 0.5)]["mso"] > rows[(model, "useful vs harmful", True, 0.5)]["mso"]
+        subset = rows[(model, "harmful vs violence", True, 0.9)]
+        assert subset["mso"] > rows[(model, "useful vs harmful", True, 0.9)]["mso"]
+        assert subset["mso"] > subset["mso_random"]
+    assert (tmp_path / "a" / "figures" / "activation_overlap_centered.png").exists()
