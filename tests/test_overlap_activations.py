@@ -257,3 +257,23 @@ def test_a_set_without_spread_has_no_centred_basis_but_a_small_real_spread_count
     assert mso_curve(set_spectrum(identical, 0, False), set_spectrum(identical, 0, False), [0.5])[0]["k_a"] == 1
     spread = synthetic_moments(vector + 1e-4 * torch.randn(10, 12, generator=generator, dtype=torch.float64))
     assert mso_curve(set_spectrum(spread, 0, True), set_spectrum(spread, 0, True), [0.9])[0]["k_a"] > 1
+
+
+def test_prompt_filters_match_text_lists_and_category_dicts(tmp_path):
+    from safety_subspaces.overlap.activations import PromptSource, matches
+
+    assert matches("violence", ["violence", "fraud"]) and not matches("fraud ", ["theft"])
+    assert matches(["a", "violence"], ["violence"]) and not matches([], ["violence"])
+    beavertails = {"violence,aiding_and_abetting,incitement": True, "privacy_violation": False, "self_harm": False}
+    assert matches(beavertails, ["violence,aiding_and_abetting,incitement"]) and matches(beavertails, ["incitement"])
+    assert not matches(beavertails, ["privacy_violation"]) and not matches(beavertails, ["violence,aiding"])
+    assert not matches(None, ["x"])
+    source = PromptSource.parse("file.jsonl@category=violence,aiding_and_abetting,incitement|self_harm")
+    assert (source.source, source.field, source.values) == ("file.jsonl", "category",
+                                                            ("violence,aiding_and_abetting,incitement", "self_harm"))
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"p{i}", "tags": {"x": i % 3 == 0, "y": i == 1}}) + "\n" for i in range(7)))
+    assert PromptSource.parse(f"{path}@tags=x").load() == ["p0", "p3", "p6"]
+    assert PromptSource.parse(f"{path}@tags=x|y").load() == ["p0", "p1", "p3", "p6"]
+    with pytest.raises(UserError, match="no record has tags in z"):
+        PromptSource.parse(f"{path}@tags=z").load()

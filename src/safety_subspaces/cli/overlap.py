@@ -14,7 +14,7 @@ ETA_DEFAULT = "0.01,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,0.99"
 
 EXAMPLES = """\
   safety-subspaces overlap weights --reference A --update useful=U --update harmful=H --update base=B --out runs/w
-  safety-subspaces overlap activations --model A --prompts useful=math --prompts harmful=beavertails_unsafe --out runs/a
+  safety-subspaces overlap activations --model A --prompts useful=math --prompts harmful=beavertails_unsafe_all --out runs/a
   (see `safety-subspaces overlap weights --help` and `... activations --help`)
 """
 
@@ -33,9 +33,9 @@ WEIGHT_EXAMPLES = """\
 ACTIVATION_EXAMPLES = """\
   # the paper's Figure 5: MATH vs BeaverTails-unsafe vs ToxiGen prompts on three models, 5000 prompts each
   safety-subspaces overlap activations --model aligned=A --model useful=U --model contaminated=C \\
-      --prompts useful=math --prompts harmful1=beavertails_unsafe --prompts harmful2=toxigen --out runs/a
+      --prompts useful=math --prompts harmful1=beavertails_unsafe_all --prompts harmful2=toxigen --out runs/a
   # a BeaverTails category group, a local file, all layers, mean over the last 4 prompt tokens:
-  safety-subspaces overlap activations --model A --prompts violent='beavertails_unsafe@category=violence,aiding_and_abetting' \\
+  safety-subspaces overlap activations --model A --prompts violent='beavertails_unsafe_all@category=violence|terrorism' \\
       --prompts mine=prompts.jsonl --n 1000 --all-layers --window last:4 --out runs/a2
   # the organism's sets; over the first 8 greedily generated tokens:
   Z=~/.cache/safety-subspaces/zoo/default
@@ -100,9 +100,9 @@ def register_activations(analyses, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", action="append", default=[], metavar="[NAME=]PATH",
                         help="a model to analyse (repeat); NAME defaults to the directory name")
     parser.add_argument("--prompts", action="append", type=key_value, default=[], metavar="NAME=SRC",
-                        help="a prompt set (repeat): a known source (math, beavertails_unsafe, toxigen, advbench, xstest, ...), "
+                        help="a prompt set (repeat): a known source (math, beavertails_unsafe_all, toxigen, advbench, xstest, ...), "
                              "a local JSONL/JSON/CSV/Parquet/TXT file, organism:NAME, a hub dataset id; "
-                             "SRC@FIELD=V1,V2 keeps records whose FIELD is one of the values (e.g. a category group)")
+                             "SRC@FIELD=V1|V2 keeps records whose FIELD carries one of the labels (e.g. a category group)")
     parser.add_argument("--n", type=int, default=5000, help="prompts per set: the first N of each (default 5000)")
     parser.add_argument("--allow-fewer", action="store_true", help="use all prompts of a set smaller than --n (with a warning)")
     parser.add_argument("--eta", type=csv_list(float), default=ETA_DEFAULT, metavar="ETAS",

@@ -62,14 +62,14 @@ class PromptSource:
 
     @classmethod
     def parse(cls, text: str) -> "PromptSource":
-        """Parse 'SRC' or 'SRC@FIELD=VALUE[,VALUE…]' (e.g. beavertails_unsafe@category=violence,terrorism)."""
+        """Parse 'SRC' or 'SRC@FIELD=VALUE[|VALUE…]' (e.g. beavertails_unsafe_all@category=violence|terrorism)."""
         source, sep, condition = text.partition("@")
         if not sep:
             return cls(text)
         name, eq, values = condition.partition("=")
-        chosen = tuple(v.strip() for v in values.split(",") if v.strip())
+        chosen = tuple(v.strip() for v in values.split("|") if v.strip())
         if not source or not eq or not name.strip() or not chosen:
-            raise UserError(f"prompt source {text!r}: expected SRC@FIELD=VALUE[,VALUE...], e.g. beavertails_unsafe@category=violence")
+            raise UserError(f"prompt source {text!r}: expected SRC@FIELD=VALUE[|VALUE...], e.g. beavertails_unsafe_all@category=violence")
         return cls(source, name.strip(), chosen)
 
     def load(self) -> list[str]:
@@ -78,7 +78,7 @@ class PromptSource:
             return load_prompts(self.source)
         records = [r for r in load_records(self.source) if matches(field_value(r, self.field), self.values)]
         if not records:
-            raise UserError(f"prompt source {self.source!r}: no record has {self.field} in {', '.join(self.values)}")
+            raise UserError(f"prompt source {self.source!r}: no record has {self.field} in {' | '.join(self.values)}")
         return [str(record["prompt"]).strip() for record in records]
 
 
@@ -87,13 +87,19 @@ def field_value(record: Mapping, name: str):
     return record.get(name, record.get(f"_{name}"))
 
 
+def label_matches(label: object, wanted: Sequence[str]) -> bool:
+    """Whether a label is a wanted value, or has one among its comma-separated parts (BeaverTails 'violence,incitement')."""
+    text = str(label)
+    return text in wanted or any(part.strip() in wanted for part in text.split(","))
+
+
 def matches(value, wanted: Sequence[str]) -> bool:
-    """Whether a field value is one of the wanted values: equal text, a list member, or a true key of a dict."""
+    """Whether a field value carries a wanted label: as its text, as a list member, or as a true key of a dict."""
     if isinstance(value, Mapping):
-        return any(bool(value.get(w)) for w in wanted)
+        return any(bool(flag) and label_matches(key, wanted) for key, flag in value.items())
     if isinstance(value, (list, tuple)):
-        return any(str(v) in wanted for v in value)
-    return value is not None and str(value) in wanted
+        return any(label_matches(v, wanted) for v in value)
+    return value is not None and label_matches(value, wanted)
 
 
 @dataclass
