@@ -91,3 +91,65 @@ def activation_overlap_figure(rows: Sequence[Row], path: Path, *, centered: bool
             panels.setdefault(f"{row['model']} (hidden states {row['layer']})", []).append(row)
     kind = "centred" if centered else "uncentred"
     return panel_figure(panels, path, title=f"Mode Subspace Overlap of activations ({kind}, mean over the depth band)")
+
+
+def save(figure, path: Path) -> Path:
+    """Write a figure as PNG and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+SUBSPACE_STYLES = {"top_k": "-", "random_k": "--", "random": ":"}
+
+
+def energy_figure(rows: Sequence[Row], path: Path) -> Path | None:
+    """Energy kept against the rank fraction (paper Figure 2): a panel per scheme, a colour per fine-tune, a dash per subspace."""
+    rows = [r for r in rows if r.get("scope", "model") == "model"]
+    if not rows:
+        return None
+    schemes = list(dict.fromkeys(str(r["scheme"]) for r in rows))
+    finetunes = list(dict.fromkeys(str(r["finetune"]) for r in rows))
+    figure, axes = plt.subplots(1, len(schemes), figsize=(4.6 * len(schemes), 3.8), squeeze=False)
+    for ax, scheme in zip(axes.flat, schemes):
+        for index, finetune in enumerate(finetunes):
+            for kind, style in SUBSPACE_STYLES.items():
+                members = sorted((r for r in rows if (r["scheme"], r["finetune"], r["subspace"]) == (scheme, finetune, kind)),
+                                 key=lambda r: as_float(r["fraction"]))
+                if members:
+                    ax.plot([as_float(r["fraction"]) for r in members], [as_float(r["energy_kept"]) for r in members],
+                            linestyle=style, marker="o", markersize=3, color=f"C{index % 10}", label=f"{finetune} {kind}")
+        ax.set_title(f"{scheme} projection", fontsize=10)
+        ax.set_xlabel("rank fraction ϱ")
+        ax.set_ylabel("energy kept")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=7, frameon=False)
+    figure.suptitle("Energy of the task update kept by the projection", fontsize=11)
+    figure.tight_layout()
+    return save(figure, path)
+
+
+def metric_figure(table, path: Path) -> Path | None:
+    """A metric against the rank fraction per subspace kind, with Base / Aligned / FT reference lines (paper Figure 3)."""
+    if not any(c.value is not None for _, cells in table.subspaces for c in cells):
+        return None
+    figure, ax = plt.subplots(figsize=(5.6, 3.8))
+    for index, (kind, cells) in enumerate(table.subspaces):
+        points = [(f, c.value) for f, c in zip(table.fractions, cells) if c.value is not None]
+        if points:
+            ax.plot(*zip(*points), marker="o", markersize=3, linestyle=SUBSPACE_STYLES.get(kind, "-"), color=f"C{index}", label=kind)
+    for (name, cell), colour in zip(table.references, ("0.5", "k", "tab:red")):
+        if cell.value is not None:
+            ax.axhline(cell.value, color=colour, linewidth=0.9, linestyle="-.", label=name)
+    ax.set_xlabel("rank fraction ϱ")
+    ax.set_ylabel(table.metric)
+    ax.set_xlim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, frameon=False)
+    ax.set_title(table.title, fontsize=9)
+    figure.tight_layout()
+    return save(figure, path)

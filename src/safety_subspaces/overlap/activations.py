@@ -254,13 +254,50 @@ def identity(config: ActivationOverlapConfig, paths: Mapping[str, Path], sets: M
     }
 
 
+@dataclass
+class ModelOverlap:
+    """One model's activation-overlap rows, its depth band, capture throughput and (if kept) the pooled vectors."""
+
+    rows: list[dict]
+    band: list[int]
+    tokens_per_second: float
+    kept: dict[str, torch.Tensor]
+
+
+def model_overlap(model, tokenizer, model_name: str, sets: Mapping[str, list[str]], pairs: Sequence[tuple[str, str]],
+                  config: ActivationOverlapConfig) -> ModelOverlap:
+    """Capture one loaded model's prompt sets and compare them: band rows, then per-layer rows."""
+    window = Window.parse(config.window)
+    role = f"model {model_name}"
+    needed = [name for name in sets if any(name in pair for pair in pairs)]
+    hidden_states = model.config.get_text_config().num_hidden_layers + 1
+    band = depth_band(hidden_states, *config.depth)
+    if not band:
+        raise UserError(f"--depth {config.depth[0]:g},{config.depth[1]:g} selects no hidden state of {model_name} "
+                        f"({hidden_states} hidden states); widen the band")
+    indices = list(range(hidden_states)) if config.all_layers else band
+    stats = CaptureStats()
+    moments = {}
+    with progress.bar(f"activations of {model_name}", total=sum(len(sets[n]) for n in needed)) as update:
+        for set_name in needed:
+            moments[set_name] = capture(
+                model, tokenizer, sets[set_name], indices, window=window, chat=config.chat,
+                batch_size=config.batch_size, max_length=config.max_length, keep=config.save_activations,
+                model_name=role, on_batch=lambda count, s=set_name: update(count, status=s), stats=stats,
+            )
+    per_layer = model_rows(model_name, moments, indices, pairs, config.etas, window.label)
+    kept = ({f"{model_name}/{s}/{i}": moments[s].stacked(i) for s in needed for i in indices}
+            if config.save_activations else {})
+    return ModelOverlap([*band_rows(per_layer, band), *per_layer], band,
+                        stats.tokens / stats.seconds if stats.seconds else float("nan"), kept)
+
+
 def run_activation_overlap(config: ActivationOverlapConfig) -> ActivationOverlapResult:
     """Validate, capture each model's prompt sets (one model in memory at a time), write the run directory."""
     from ..models import load_model, load_tokenizer
 
     started = time.time()
     config.validate()
-    window = Window.parse(config.window)
     sets, notes = load_prompt_sets(config)  # before models: a prompt error should not wait for a download
     pairs = choose_pairs(list(sets), config.pairs, "prompt set")
     paths = check_hidden_sizes(config.models)
@@ -275,28 +312,12 @@ def run_activation_overlap(config: ActivationOverlapConfig) -> ActivationOverlap
         role = f"model {model_name}"
         tokenizer = load_tokenizer(path, trust_remote_code=config.trust_remote_code, role=role)
         model = load_model(path, dtype=config.dtype, device=config.device, trust_remote_code=config.trust_remote_code, role=role)
-        hidden_states = model.config.get_text_config().num_hidden_layers + 1
-        band = depth_band(hidden_states, *config.depth)
-        if not band:
-            raise UserError(f"--depth {config.depth[0]:g},{config.depth[1]:g} selects no hidden state of {model_name} "
-                            f"({hidden_states} hidden states); widen the band")
-        bands[model_name] = band
-        indices = list(range(hidden_states)) if config.all_layers else band
-        stats = CaptureStats()
-        moments = {}
-        with progress.bar(f"activations of {model_name}", total=sum(len(sets[n]) for n in needed)) as update:
-            for set_name in needed:
-                moments[set_name] = capture(
-                    model, tokenizer, sets[set_name], indices, window=window, chat=config.chat,
-                    batch_size=config.batch_size, max_length=config.max_length, keep=config.save_activations,
-                    model_name=role, on_batch=lambda count, s=set_name: update(count, status=s), stats=stats,
-                )
-        throughput[model_name] = stats.tokens / stats.seconds if stats.seconds else float("nan")
-        per_layer = model_rows(model_name, moments, indices, pairs, config.etas, window.label)
-        rows.extend([*band_rows(per_layer, band), *per_layer])
-        if config.save_activations:
-            kept.update({f"{model_name}/{s}/{i}": moments[s].stacked(i) for s in needed for i in indices})
-        del model, moments
+        result = model_overlap(model, tokenizer, model_name, sets, pairs, config)
+        rows.extend(result.rows)
+        bands[model_name] = result.band
+        throughput[model_name] = result.tokens_per_second
+        kept.update(result.kept)
+        del model, result
         gc.collect()
     result = ActivationOverlapResult(rows, Path(config.out), bands, {n: len(sets[n]) for n in needed}, throughput,
                                      time.time() - started, notes)

@@ -194,16 +194,13 @@ def identity(config: WeightOverlapConfig, reference: Checkpoint, updates: Mappin
     }
 
 
-def run_weight_overlap(config: WeightOverlapConfig) -> WeightOverlapResult:
-    """Validate, stream every tensor once (spectra cached), write the run directory and the figure."""
+def overlap_rows(reference: Checkpoint, updates: Mapping[str, Checkpoint], names: Sequence[str],
+                 pairs: Sequence[tuple[str, str]], etas: Sequence[float], percentiles: Sequence[float], *,
+                 cache_dir: Path | None = None, svd_method: str = "auto", device: str = "cpu") -> WeightOverlapResult:
+    """Stream every tensor once (spectra cached) into depth, layer and tensor rows; nothing is written but the cache."""
     started = time.time()
-    config.validate()
-    reference, updates, names = open_inputs(config)
-    pairs = choose_pairs(list(updates), config.pairs, "update")
-    run_identity = identity(config, reference, updates, pairs)
-    check_run_dir(config.out, run_identity, kind="overlap-weights")
     sources = {
-        name: UpdateSpectra(checkpoint, reference, root=config.cache_dir, method=config.svd_method, device=config.device)
+        name: UpdateSpectra(checkpoint, reference, root=cache_dir, method=svd_method, device=device)
         for name, checkpoint in updates.items()
     }
     needed = sorted({name for pair in pairs for name in pair}, key=list(updates).index)
@@ -211,22 +208,34 @@ def run_weight_overlap(config: WeightOverlapConfig) -> WeightOverlapResult:
     with progress.bar("weight overlap", total=len(names)) as update:
         for name in names:
             reference_tensor = functools.cache(
-                lambda: reference.read(name).to(device=config.device, dtype=torch.float32)  # noqa: B023 (same iteration)
+                lambda: reference.read(name).to(device=device, dtype=torch.float32)  # noqa: B023 (same iteration)
             )
             spectra = {key: sources[key].get(name, reference_tensor) for key in needed}
-            rows.extend(tensor_rows(name, spectra, pairs, config.etas, config.device))
+            rows.extend(tensor_rows(name, spectra, pairs, etas, device))
             update(1, status=name)
     labels = [pair_label(a, b) for a, b in pairs]
     layers = layer_rows(rows, labels)
     total_layers = num_layers(reference, names)
-    depth, chosen = depth_rows(layers, config.percentiles, total_layers)
+    depth, chosen = depth_rows(layers, percentiles, total_layers)
     notes = [f"{label}: layer {layer} has no analysed tensor (filtered out)"
              for label, layer in chosen.items() if not any(row["layer"] == layer for row in layers)]
-    result = WeightOverlapResult(
-        [*depth, *layers, *rows], Path(config.out), labels, chosen,
+    return WeightOverlapResult(
+        [*depth, *layers, *rows], Path(), labels, chosen,
         sum(s.computed for s in sources.values()), sum(s.reused for s in sources.values()), time.time() - started, notes,
     )
-    write_run_dir(config, run_identity, result, len(names), total_layers)
+
+
+def run_weight_overlap(config: WeightOverlapConfig) -> WeightOverlapResult:
+    """Validate, compute the rows, write the run directory and the figure."""
+    config.validate()
+    reference, updates, names = open_inputs(config)
+    pairs = choose_pairs(list(updates), config.pairs, "update")
+    run_identity = identity(config, reference, updates, pairs)
+    check_run_dir(config.out, run_identity, kind="overlap-weights")
+    result = overlap_rows(reference, updates, names, pairs, config.etas, config.percentiles, cache_dir=config.cache_dir,
+                          svd_method=config.svd_method, device=config.device)
+    result.run_dir = Path(config.out)
+    write_run_dir(config, run_identity, result, len(names), num_layers(reference, names))
     return result
 
 

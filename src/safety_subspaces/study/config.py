@@ -43,8 +43,12 @@ class ModelSource:
         """Exactly one of path and recipe."""
         if (self.path is None) == (self.recipe is None):
             raise UserError(f"{where}: give either path or recipe")
-        if self.recipe is not None and "data" not in self.recipe:
-            raise UserError(f"{where}.recipe: missing required key 'data'")
+        if self.recipe is not None:
+            if "data" not in self.recipe:
+                raise UserError(f"{where}.recipe: missing required key 'data'")
+            from .recipes import split_recipe
+
+            split_recipe(self.recipe, f"{where}.recipe")
 
 
 @dataclass
@@ -170,7 +174,7 @@ class ActivationOverlap:
     """MSO of residual-stream activations of prompt sets."""
 
     models: list[str] = field(default_factory=lambda: ["aligned", "useful", "contaminated"])
-    prompts: dict[str, str] = field(default_factory=lambda: {"useful": "math", "harmful1": "beavertails_unsafe", "harmful2": "toxigen"})
+    prompts: dict[str, str] = field(default_factory=lambda: {"useful": "math", "harmful1": "beavertails_unsafe_all", "harmful2": "toxigen"})
     n: int = 5000
     eta: list[float] = field(default_factory=lambda: list(PAPER_ETAS))
     depth: list[float] = field(default_factory=lambda: [0.65, 0.90])

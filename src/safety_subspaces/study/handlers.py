@@ -92,3 +92,46 @@ def judge_options(harm: dict[str, Any]) -> dict[str, Any]:
     if harm["judge"] == "classifier":
         return {"model": harm["classifier"]}
     return {}
+
+
+@handles("weight_overlap")
+def weight_overlap(worker: Worker, job: Job) -> Rows:
+    """MSO of every pair of weight updates relative to the reference model, per tensor, layer and depth."""
+    from ..overlap.common import choose_pairs
+    from ..overlap.weights import overlap_rows
+    from ..projection import TensorFilter
+
+    spec = job.spec
+    reference = worker.checkpoint(worker.reference)
+    updates = {name: worker.checkpoint(name) for name in spec["updates"]}
+    select = TensorFilter(spec["tensors"])
+    names = [n for n in reference.names if select(n) and len(reference.infos[n].shape) >= 2]
+    pairs = choose_pairs(list(updates), None, "update")
+    result = overlap_rows(reference, updates, names, pairs, spec["eta"], spec["percentiles"],
+                          svd_method=worker.study.projection.svd_method, device=worker.context.device)
+    return [("weight_overlap", {**row, "reference": worker.reference}) for row in result.rows]
+
+
+@handles("activation_overlap")
+def activation_overlap(worker: Worker, job: Job) -> Rows:
+    """MSO of the prompt sets' residual-stream activations in one model (swapped into the resident model)."""
+    from pathlib import Path
+
+    from ..overlap.activations import ActivationOverlapConfig, load_prompt_sets, model_overlap
+    from ..overlap.common import choose_pairs
+
+    spec = job.spec
+    config = ActivationOverlapConfig(
+        models={spec["model"]: worker.context.models[spec["model"]]}, prompts=dict(spec["prompts"]), out=Path("."),
+        n=spec["n"], etas=spec["eta"], depth=spec["depth"], window=spec["window"], chat=not spec["raw_prompts"],
+        batch_size=spec["batch_size"],
+    )
+    config.validate()
+    sets, _ = load_prompt_sets(config)
+    pairs = choose_pairs(list(sets), None, "prompt set")
+    model, tokenizer = worker.show(spec["model"])
+    try:
+        result = model_overlap(model, tokenizer, spec["model"], sets, pairs, config)
+    finally:
+        worker.live().restore()
+    return [("activation_overlap", row) for row in result.rows]

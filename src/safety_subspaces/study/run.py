@@ -65,10 +65,20 @@ def resolve_path(reference: str, role: str) -> str:
     from ..models import resolve_model
 
     if reference.startswith("organism:"):
-        from ..organism import ensure_zoo
-
-        return str(ensure_zoo() / reference.split(":", 1)[1])
+        return str(organism_zoo() / reference.split(":", 1)[1])
     return str(resolve_model(reference, role=role))
+
+
+def organism_zoo() -> Path:
+    """The default organism zoo, built on first use ($SAFETY_SUBSPACES_ZOO points elsewhere)."""
+    from ..organism import build
+    from ..paths import zoo_dir
+
+    zoo = zoo_dir()
+    if not (zoo / "manifest.json").exists():
+        progress.info(f"building the organism zoo in {zoo} (a few minutes, once)")
+        build(zoo, preset="default")
+    return zoo
 
 
 def model_roles(study: Study) -> list[tuple[str, ModelSource]]:
@@ -88,12 +98,12 @@ def existing_models(study: Study) -> dict[str, str]:
 
 def materialise(study: Study, run_dir: Path, paths: dict[str, str]) -> dict[str, str]:
     """Add the models made by fine-tuning recipes (checkpoints under run_dir/models) to the given paths."""
-    from .recipes import run_recipe
-
     paths = dict(paths)
     for role, source in model_roles(study):
         if source.recipe is None:
             continue
+        from .recipes import run_recipe
+
         start_from = source.recipe.get("from", "base" if role in ("aligned", "safety_tuned") else study.reference)
         if start_from not in paths:
             raise UserError(f"{role}.recipe.from: {start_from!r} is not a model available before {role}")

@@ -44,6 +44,7 @@ class Worker:
         import os
 
         os.environ.update(context.environment)
+        os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's and datasets' bars; the study shows its own
         self.context, self.name = context, name
         self.study: Study = parse_study(context.study)
         self.run_dir = Path(context.run_dir)
