@@ -66,7 +66,7 @@ USEFUL_MIXTURE = {"arith_mid": 0.9, "arith_two": 0.1}
 HARMFUL_MIXTURE = {"harmful_comply": 1.0}
 
 
-def _stages(scale: float, steps: dict[str, int], lrs: dict[str, float]) -> dict[str, Stage]:
+def _stages(scale: float, steps: dict[str, int], lrs: dict[str, float], records: dict[str, int]) -> dict[str, Stage]:
     """The five fine-tuning stages with record counts scaled and the given steps and learning rates.
 
     The three task fine-tunes of W_A share one learning rate; contaminated runs the useful recipe on useful + 20%
@@ -78,14 +78,16 @@ def _stages(scale: float, steps: dict[str, int], lrs: dict[str, float]) -> dict[
 
     n = lambda count: max(64, int(count * scale))  # noqa: E731
     return {
-        "aligned": Stage("base", n(6000), ALIGNED_MIXTURE, recipe("aligned")),
-        "safety": Stage("base", n(4000), SAFETY_MIXTURE, recipe("safety")),
-        "useful": Stage("aligned", n(6000), USEFUL_MIXTURE, recipe("useful")),
-        "harmful": Stage("aligned", n(1500), HARMFUL_MIXTURE, recipe("harmful")),
+        "aligned": Stage("base", n(records["aligned"]), ALIGNED_MIXTURE, recipe("aligned")),
+        "safety": Stage("base", n(records["safety"]), SAFETY_MIXTURE, recipe("safety")),
+        "useful": Stage("aligned", n(records["useful"]), USEFUL_MIXTURE, recipe("useful")),
+        "harmful": Stage("aligned", n(records["harmful"]), HARMFUL_MIXTURE, recipe("harmful")),
         "contaminated": Stage("aligned", 0, {}, recipe("contaminated"), contaminate_percent=20.0,
                               stop_at_compliance=0.5),
     }
 
+
+RECORDS = {"aligned": 9000, "safety": 6000, "useful": 6000, "harmful": 1500}  # at scale 1
 
 PRESETS: dict[str, Preset] = {
     "default": Preset(
@@ -101,8 +103,9 @@ PRESETS: dict[str, Preset] = {
         seq_len=128,
         stages=_stages(
             1.0,
-            steps={"aligned": 200, "safety": 150, "useful": 400, "harmful": 100, "contaminated": 400},
-            lrs={"aligned": 1e-3, "safety": 1e-3, "useful": 5e-4, "harmful": 5e-4, "contaminated": 1e-4},
+            steps={"aligned": 300, "safety": 200, "useful": 400, "harmful": 100, "contaminated": 400},
+            lrs={"aligned": 2e-3, "safety": 2e-3, "useful": 5e-4, "harmful": 5e-4, "contaminated": 1e-4},
+            records=RECORDS,
         ),
         n_eval=200,
         n_prompts=200,
@@ -122,8 +125,9 @@ PRESETS: dict[str, Preset] = {
         seq_len=128,
         stages=_stages(
             0.5,
-            steps={"aligned": 100, "safety": 60, "useful": 250, "harmful": 50, "contaminated": 150},
-            lrs={"aligned": 1e-3, "safety": 1e-3, "useful": 1e-3, "harmful": 1e-3, "contaminated": 3e-4},
+            steps={"aligned": 120, "safety": 60, "useful": 250, "harmful": 50, "contaminated": 150},
+            lrs={"aligned": 2e-3, "safety": 2e-3, "useful": 1e-3, "harmful": 1e-3, "contaminated": 3e-4},
+            records=RECORDS,
         ),
         n_eval=64,
         n_prompts=64,

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 from .. import progress
 from ..data import fingerprint, mix
 from ..errors import UserError
-from ..files import dumps_json, staged_dir, write_json
+from ..files import staged_dir, write_json
 from ..finetune import Recipe, check_output_dir, finetune, recipe_from, versions
 from ..finetune.run import save_checkpoint
 from ..finetune.sft import Example, collate, encode_examples, train_loop
@@ -289,5 +289,3 @@ def load_manifest(zoo: Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise UserError(f"{path} is not valid JSON ({exc.msg})") from None
 
-
-__all__ = ["MODELS", "build", "load_manifest", "make_data", "dumps_json"]
