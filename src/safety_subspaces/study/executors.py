@@ -105,6 +105,7 @@ class RayExecutor(BaseExecutor):
         self.ray = ray
         self.started_here = False
         if not ray.is_initialized():
+            reachable(config.address)
             try:
                 if config.address:
                     ray.init(address=config.address, include_dashboard=False, log_to_driver=False)
@@ -146,6 +147,20 @@ class RayExecutor(BaseExecutor):
             self.ray.kill(actor)
         if self.started_here:
             self.ray.shutdown()
+
+
+def reachable(address: str | None, timeout: float = 5.0) -> None:
+    """Refuse a host:port Ray address that accepts no connection (Ray itself would retry for minutes)."""
+    import socket
+
+    if not address or address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return
+    except (OSError, ValueError):
+        raise UserError(f"the ray executor could not start: nothing answers at {address}") from None
 
 
 def make_executor(context: Context, config: ExecutorConfig) -> BaseExecutor:
