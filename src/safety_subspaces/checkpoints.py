@@ -16,6 +16,7 @@ import torch
 
 from .errors import UserError
 from .files import atomic_write_text, staged_dir
+from .memo import TensorMemo
 from .models import check_remote_code, read_config, resolve_model
 
 SAFETENSORS_DTYPES = {
@@ -131,7 +132,7 @@ class Checkpoint:
     """A model directory read one tensor at a time; tied weights appear once under their canonical name."""
 
     def __init__(self, ref: str | os.PathLike, *, role: str = "model", allow_pickle: bool = False,
-                 trust_remote_code: bool = False, check_finite: bool = True):
+                 trust_remote_code: bool = False, check_finite: bool = True, keep_bytes: int = 0):
         self.role = role
         self.ref = str(ref)
         self.path = resolve_model(ref, role=role)
@@ -141,6 +142,8 @@ class Checkpoint:
         self.check_finite = check_finite
         self._handles: dict[Path, object] = {}
         self._pickled: dict[str, torch.Tensor] = {}
+        self._checked: set[str] = set()
+        self.memo = TensorMemo(keep_bytes)  # recently read tensors (callers must not modify what read returns)
         self.infos = self._read_infos()
         self.aliases = detect_tied(self.infos, self.config)
         self._fingerprint: str | None = None
@@ -169,9 +172,13 @@ class Checkpoint:
         return sorted(name for name in self.infos if name not in self.aliases)
 
     def read(self, name: str) -> torch.Tensor:
-        """One tensor in its stored dtype (a NaN/Inf entry is a UserError naming it)."""
+        """One tensor in its stored dtype (a NaN/Inf entry is a UserError naming it); treat it as read-only."""
         if name not in self.infos:
             raise UserError(f"{self.role}: tensor {name} is missing from {self.path}")
+        return self.memo.get(name, lambda: self._load(name))
+
+    def _load(self, name: str) -> torch.Tensor:
+        """Read one tensor from disk, checking it is finite the first time."""
         if self.format == "pickle":
             tensor = self._pickled[name].clone()
         else:
@@ -186,8 +193,10 @@ class Checkpoint:
                     raise UserError(f"{self.role}: cannot open {info.file} ({exc})") from None
                 self._handles[info.file] = handle
             tensor = handle.get_tensor(name)  # type: ignore[attr-defined]
-        if self.check_finite and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise UserError(f"{self.role}: tensor {name} in {self.path} contains NaN or Inf")
+        if self.check_finite and name not in self._checked and tensor.is_floating_point():
+            if not bool(torch.isfinite(tensor).all()):
+                raise UserError(f"{self.role}: tensor {name} in {self.path} contains NaN or Inf")
+            self._checked.add(name)
         return tensor
 
     def fingerprint(self) -> str:

@@ -16,6 +16,7 @@ import torch
 from . import linalg
 from .checkpoints import Checkpoint, check_compatible, layer_index
 from .errors import UserError
+from .memo import TensorMemo
 from .runtime import stable_seed
 from .spectra import Spectrum, SpectrumCache, difference
 
@@ -107,20 +108,21 @@ class AlignmentSubspaces:
     """Per-tensor alignment subspaces of Δ = W_ref - W_0 (ref = aligned or safety-tuned), decomposed once (cached)."""
 
     def __init__(self, base: Checkpoint, reference: Checkpoint, *, seed: int = 0, cache_root=None,
-                 method: str = "auto", device: str = "cpu"):
+                 method: str = "auto", device: str = "cpu", keep_bytes: int = 0):
         self.base, self.reference, self.seed, self.device = base, reference, seed, device
         self.cache = SpectrumCache(reference, base, root=cache_root, method=method, device=device)
-        self._spectra: dict[str, Spectrum] = {}
+        self._current: tuple[str, Spectrum] | None = None
+        self._kept = TensorMemo(keep_bytes)  # spectra kept in memory between uses (workers swapping many projections)
 
     def delta_align(self, name: str) -> torch.Tensor:
         """Δ_A/S of one tensor in float32."""
         return difference(self.reference, self.base, name, device=self.device)
 
     def spectrum(self, name: str, delta: torch.Tensor | None = None) -> Spectrum:
-        """The (cached) spectrum of Δ_A/S for a tensor; kept in memory only for the current tensor."""
-        if name not in self._spectra:
-            self._spectra = {name: self.cache.get(name, delta)}
-        return self._spectra[name]
+        """The (disk-cached) spectrum of Δ_A/S for a tensor; in memory: the current tensor's, and up to keep_bytes more."""
+        if self._current is None or self._current[0] != name:
+            self._current = (name, self._kept.get(name, lambda: self.cache.get(name, delta)))
+        return self._current[1]
 
     def rank(self, name: str, fraction: float) -> int:
         """k for a rank fraction: max(1, round(fraction * r)), r = min(m, n); 0 when Δ is zero."""

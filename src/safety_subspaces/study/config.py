@@ -226,6 +226,7 @@ class Study:
     device: str = "auto"
     dtype: str = "auto"
     threads: int | None = None
+    memory_gb: float = 4.0  # per worker: tensors and bases kept in memory between projected models
 
     def check(self, where: str) -> None:
         """Cross-references: the reference model exists; grid, overlaps and metrics name known fine-tunes."""

@@ -53,6 +53,7 @@ class Worker:
 
             configure_threads(context.threads)
         self._checkpoints: dict[str, Any] = {}
+        self.keep_bytes = int(self.study.memory_gb * 1024**3 / 8)  # per checkpoint; bases get a quarter of the budget
         self._resident: tuple[Any, Any] | None = None
         self._subspaces = None
         self._live = None
@@ -62,7 +63,7 @@ class Worker:
         from ..checkpoints import Checkpoint
 
         if role not in self._checkpoints:
-            self._checkpoints[role] = Checkpoint(self.context.models[role], role=role)
+            self._checkpoints[role] = Checkpoint(self.context.models[role], role=role, keep_bytes=self.keep_bytes)
         return self._checkpoints[role]
 
     @property
@@ -77,7 +78,7 @@ class Worker:
         if self._subspaces is None:
             self._subspaces = AlignmentSubspaces(
                 self.checkpoint("base"), self.checkpoint(self.reference), seed=self.study.seed,
-                method=self.study.projection.svd_method, device=self.context.device,
+                method=self.study.projection.svd_method, device=self.context.device, keep_bytes=2 * self.keep_bytes,
             )
         return self._subspaces
 
