@@ -148,15 +148,12 @@ def reading(tables: Sequence[PaperTable], energy: Sequence[Mapping[str, Any]], w
                 f"{table.title}: aligned {fmt(aligned.value)}, fine-tuned {fmt(finetuned.value)}. " + "; ".join(parts) + "."
             )
     lines.extend(selectivity(tables, grid))
-    lines.extend(overlap_reading(weight, "weight updates", key="pair"))
-    lines.extend(overlap_reading([r for r in activation if r.get("layer") == "band" and not _truthy(r.get("centered"))],
-                                 "activations (depth band, uncentred)", key="pair"))
+    lines.extend(overlap_reading([r for r in weight if r.get("scope") == "depth"],
+                                 "weight updates (layers at the depth percentiles)", key="pair"))
+    for centered, label in ((False, "uncentred"), (True, "centred")):
+        band = [r for r in activation if r.get("scope") == "band" and figures.as_bool(r.get("centered")) == centered]
+        lines.extend(overlap_reading(band, f"activations (depth band, {label})", key="pair"))
     return lines
-
-
-def _truthy(value: Any) -> bool:
-    """True for True/'True'/1."""
-    return str(value).lower() in ("true", "1")
 
 
 def selectivity(tables: Sequence[PaperTable], grid) -> list[str]:
@@ -263,8 +260,7 @@ def write_report(run_dir: Path) -> Path:
         "activations_centered": figures.activation_overlap_figure(tables["activation_overlap"],
                                                                   figure_dir / "activation_mso_centered.png", centered=True),
     }
-    lines = reading(paper, tables["energy"], [r for r in tables["weight_overlap"] if r.get("scope", "layer") != "tensor"],
-                    tables["activation_overlap"], config)
+    lines = reading(paper, tables["energy"], tables["weight_overlap"], tables["activation_overlap"], config)
     page = render(config, paper, shown, lines, jobs)
     path = run_dir / "report.html"
     atomic_write_text(path, page)
