@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import struct
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
@@ -39,6 +40,7 @@ class TensorInfo:
     shape: tuple[int, ...]
     dtype: torch.dtype
     file: Path
+    offset: int = -1  # absolute byte offset of the data in a safetensors file (-1: not a safetensors tensor)
 
     @property
     def nbytes(self) -> int:
@@ -87,7 +89,7 @@ def read_safetensors_header(path: Path, *, role: str) -> dict[str, TensorInfo]:
         if dtype is None:
             raise UserError(f"{role}: {path} stores {name} as {entry['dtype']}, which this torch cannot read")
         data_end = max(data_end, end)
-        infos[name] = TensorInfo(name, shape, dtype, path)
+        infos[name] = TensorInfo(name, shape, dtype, path, 8 + header_size + begin)
         if end - begin != infos[name].nbytes:
             raise UserError(f"{role}: {path} is corrupt ({name}: size does not match its shape)")
     if 8 + header_size + data_end > size:
@@ -140,7 +142,6 @@ class Checkpoint:
         check_remote_code(self.path, trust_remote_code=trust_remote_code, role=role)
         self.files, self.format = weight_files(self.path, role=role, allow_pickle=allow_pickle)
         self.check_finite = check_finite
-        self._handles: dict[Path, object] = {}
         self._pickled: dict[str, torch.Tensor] = {}
         self._checked: set[str] = set()
         self.memo = TensorMemo(keep_bytes)  # recently read tensors (callers must not modify what read returns)
@@ -182,17 +183,7 @@ class Checkpoint:
         if self.format == "pickle":
             tensor = self._pickled[name].clone()
         else:
-            info = self.infos[name]
-            handle = self._handles.get(info.file)
-            if handle is None:
-                from safetensors import safe_open
-
-                try:
-                    handle = safe_open(str(info.file), framework="pt", device="cpu")
-                except Exception as exc:
-                    raise UserError(f"{self.role}: cannot open {info.file} ({exc})") from None
-                self._handles[info.file] = handle
-            tensor = handle.get_tensor(name)  # type: ignore[attr-defined]
+            tensor = read_tensor(self.infos[name], role=self.role)
         if self.check_finite and name not in self._checked and tensor.is_floating_point():
             if not bool(torch.isfinite(tensor).all()):
                 raise UserError(f"{self.role}: tensor {name} in {self.path} contains NaN or Inf")
@@ -210,12 +201,27 @@ class Checkpoint:
         return self._fingerprint
 
     def close(self) -> None:
-        """Release open file handles."""
-        self._handles.clear()
+        """Drop the weights of a pickle checkpoint and the memo."""
         self._pickled.clear()
+        self.memo.clear()
 
     def __repr__(self) -> str:
         return f"Checkpoint({self.role}={self.path}, {len(self.names)} tensors)"
+
+
+def read_tensor(info: TensorInfo, *, role: str) -> torch.Tensor:
+    """One safetensors tensor read with plain file I/O (no memory map, so it leaves nothing resident once freed)."""
+    buffer = torch.empty(info.nbytes, dtype=torch.uint8)
+    try:
+        with open(info.file, "rb") as handle:
+            handle.seek(info.offset)
+            if handle.readinto(memoryview(buffer.numpy())) != info.nbytes:
+                raise UserError(f"{role}: {info.file} is truncated (tensor {info.name})")
+    except OSError as exc:
+        raise UserError(f"{role}: cannot read {info.file} ({exc.strerror})") from None
+    if sys.byteorder != "little" and info.dtype.itemsize > 1:
+        raise UserError("reading safetensors needs a little-endian machine")
+    return buffer.view(info.dtype).reshape(info.shape)
 
 
 def detect_tied(infos: Mapping[str, TensorInfo], config: Mapping[str, object]) -> dict[str, str]:

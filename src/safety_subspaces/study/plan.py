@@ -75,6 +75,8 @@ def reference_metrics(study: Study) -> dict[str, list[str]]:
     every = sorted({m for ms in by_finetune.values() for m in ms}, key=["utility", "harm", "benign"].index)
     rows = {"base": every, study.reference: every}
     rows.update(by_finetune)
+    if study.evaluation.benign is not None:  # over-refusal of every reference row
+        rows = {model: [*metrics, "benign"] if "benign" not in metrics else metrics for model, metrics in rows.items()}
     return {model: metrics for model, metrics in rows.items() if metrics}
 
 
