@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import difflib
 import logging
 import math
@@ -248,7 +250,7 @@ def _run_lm_eval(subject: EvalModel, tasks, manager, *, num_fewshot, limit, batc
     was_training = subject.model.training
     subject.model.eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), quiet_lm_eval_bars():
             return simple_evaluate(
                 model=lm,
                 tasks=tasks,
@@ -264,6 +266,33 @@ def _run_lm_eval(subject: EvalModel, tasks, manager, *, num_fewshot, limit, batc
             )
     finally:
         subject.model.train(was_training)
+
+
+LM_EVAL_MODULES_WITH_BARS = ("lm_eval.api.task", "lm_eval.api.model", "lm_eval.api.metrics", "lm_eval.models.huggingface")
+
+
+@contextlib.contextmanager
+def quiet_lm_eval_bars():
+    """Silence lm-eval's own tqdm bars (it passes disable= explicitly, so TQDM_DISABLE alone does not)."""
+    import importlib
+
+    def silent(*args: Any, **kwargs: Any):
+        kwargs["disable"] = True
+        return original(*args, **kwargs)
+
+    from tqdm import tqdm as original
+
+    modules = [importlib.import_module(name) for name in LM_EVAL_MODULES_WITH_BARS]
+    saved = [(module, getattr(module, "tqdm", None)) for module in modules]
+    for module, _ in saved:
+        if hasattr(module, "tqdm"):
+            module.tqdm = silent
+    try:
+        yield
+    finally:
+        for module, value in saved:
+            if value is not None:
+                module.tqdm = value
 
 
 def _plain(value: Any) -> Any:

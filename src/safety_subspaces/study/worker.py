@@ -44,7 +44,10 @@ class Worker:
         import os
 
         os.environ.update(context.environment)
-        os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's and datasets' bars; the study shows its own
+        os.environ.setdefault("TQDM_DISABLE", "1")  # third-party bars; the study shows its own
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
         self.context, self.name = context, name
         self.study: Study = parse_study(context.study)
         self.run_dir = Path(context.run_dir)
