@@ -128,26 +128,60 @@ def energy_at(energy: Sequence[Mapping[str, Any]], finetune: str, scheme: str, k
     return None
 
 
+def interpolate(points: Sequence[tuple[float, float]], x: float) -> float | None:
+    """Linear interpolation of (x, y) points at x (None outside their range)."""
+    points = sorted(points)
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    if points and x == points[-1][0]:
+        return points[-1][1]
+    return None
+
+
+def recovery_curves(table: PaperTable, entry: Mapping[str, Any], energy: Sequence[Mapping[str, Any]]) -> dict[str, list[tuple[float, float]]]:
+    """Per subspace kind: (energy kept, share of the fine-tune's change kept) at each fraction."""
+    aligned, finetuned = table.references[1][1], table.references[2][1]
+    curves = {}
+    for kind, cells in table.subspaces:
+        points = []
+        for fraction, cell in zip(table.fractions, cells):
+            kept = recovery(cell, aligned, finetuned)
+            at = energy_at(energy, entry["finetune"], entry["scheme"], kind, fraction)
+            if kept is not None and at is not None:
+                points.append((at, kept))
+        curves[kind] = [(0.0, 0.0), *points, (1.0, 1.0)] if points else []  # nothing kept = aligned, all kept = FT
+    return curves
+
+
+def advantage(curves: Mapping[str, list[tuple[float, float]]], kind: str = "top_k", baseline: str = "random") -> float | None:
+    """Mean extra share of the change kept by `kind` over `baseline` at equal energy kept (None if no overlap)."""
+    differences = []
+    for at, kept in curves.get(kind, [])[1:-1]:
+        other = interpolate(curves.get(baseline, []), at)
+        if other is not None:
+            differences.append(kept - other)
+    return sum(differences) / len(differences) if differences else None
+
+
 def reading(tables: Sequence[PaperTable], energy: Sequence[Mapping[str, Any]], weight: Sequence[Mapping[str, Any]],
             activation: Sequence[Mapping[str, Any]], config: Mapping[str, Any]) -> list[str]:
     """Plain-language sentences about what the numbers say."""
     lines = []
     grid = [(e, g) for e in config.get("projection", {}).get("grid", []) for g in e["metrics"]]
+    advantages: dict[tuple[str, str, str], float] = {}
     for table, (entry, group) in zip(tables, grid):
         aligned, finetuned = table.references[1][1], table.references[2][1]
-        parts = []
-        for kind, cells in table.subspaces:
-            kept = [recovery(c, aligned, finetuned) for c in cells]
-            energies = [energy_at(energy, entry["finetune"], entry["scheme"], kind, f) for f in table.fractions]
-            pairs = [f"ϱ={f:g}: {fmt(r, 2)} of the change at energy {fmt(e, 2)}" for f, r, e in zip(table.fractions, kept, energies)
-                     if r is not None]
-            if pairs:
-                parts.append(f"{kind} keeps " + "; ".join(pairs[:1] + pairs[-1:]) if len(pairs) > 1 else f"{kind} keeps {pairs[0]}")
-        if parts and aligned.value is not None and finetuned.value is not None:
-            lines.append(
-                f"{table.title}: aligned {fmt(aligned.value)}, fine-tuned {fmt(finetuned.value)}. " + "; ".join(parts) + "."
-            )
-    lines.extend(selectivity(tables, grid))
+        if aligned.value is None or finetuned.value is None:
+            continue
+        sentence = f"{table.title}: aligned {fmt(aligned.value)}, fine-tuned {fmt(finetuned.value)}."
+        gain = advantage(recovery_curves(table, entry, energy))
+        if gain is not None:
+            advantages[(entry["scheme"], entry["finetune"], group)] = gain
+            sentence += (f" At equal energy kept, the top_k projection keeps {gain:+.2f} of the fine-tune's change "
+                         "beyond what a random subspace keeps (0: no different from random).")
+        lines.append(sentence)
+    lines.extend(separation(advantages))
     lines.extend(overlap_reading([r for r in weight if r.get("scope") == "depth"],
                                  "weight updates (layers at the depth percentiles)", key="pair"))
     for centered, label in ((False, "uncentred"), (True, "centred")):
@@ -156,31 +190,21 @@ def reading(tables: Sequence[PaperTable], energy: Sequence[Mapping[str, Any]], w
     return lines
 
 
-def selectivity(tables: Sequence[PaperTable], grid) -> list[str]:
-    """Does top_k keep harm and drop utility (or the reverse) more than random does, at the same rank fraction?"""
-    by_key = {(entry["finetune"], entry["scheme"], group): table for table, (entry, group) in zip(tables, grid)}
+def separation(advantages: Mapping[tuple[str, str, str], float]) -> list[str]:
+    """Compare top_k's shift over random for harm and for utility: within a fine-tune, or harmful vs useful."""
     lines = []
-    for scheme in sorted({entry["scheme"] for entry, _ in grid}):
-        utility = next((t for (ft, s, g), t in by_key.items() if s == scheme and g == "utility"), None)
-        harm = next((t for (ft, s, g), t in by_key.items() if s == scheme and g == "harm"), None)
-        if utility is None or harm is None:
-            continue
-        gaps = {}
-        for (kind, u_cells), (_, h_cells) in zip(utility.subspaces, harm.subspaces):
-            diffs = [
-                h - u for h, u in (
-                    (recovery(hc, harm.references[1][1], harm.references[2][1]), recovery(uc, utility.references[1][1], utility.references[2][1]))
-                    for uc, hc in zip(u_cells, h_cells)
-                ) if h is not None and u is not None
-            ]
-            if diffs:
-                gaps[kind] = sum(diffs) / len(diffs)
-        if "top_k" in gaps and "random" in gaps:
-            verdict = ("separates harm from utility better than random" if abs(gaps["top_k"]) > abs(gaps["random"]) + 0.1
-                       else "does not separate harm from utility better than a random subspace")
+    for scheme in dict.fromkeys(key[0] for key in advantages):
+        harm = {ft: v for (s, ft, g), v in advantages.items() if s == scheme and g == "harm"}
+        utility = {ft: v for (s, ft, g), v in advantages.items() if s == scheme and g == "utility"}
+        pairs = [(ft, ft) for ft in harm if ft in utility]
+        pairs += [(h, u) for h in harm if h not in utility for u in utility if u not in harm]
+        for harm_ft, utility_ft in pairs:
+            h, u = harm[harm_ft], utility[utility_ft]
+            which = harm_ft if harm_ft == utility_ft else f"{harm_ft} (harm) and {utility_ft} (utility)"
             lines.append(
-                f"Under {scheme} projection, the mean gap between the harm and utility changes kept is "
-                f"{gaps['top_k']:+.2f} for top_k and {gaps['random']:+.2f} for random: the alignment subspace {verdict}."
+                f"Separation under {scheme} projection, {which}: top_k's shift over random is {h:+.2f} for harm and "
+                f"{u:+.2f} for utility, a difference of {h - u:+.2f}. A subspace that held safety apart would move harm "
+                "much more than utility; a difference near 0 means the same directions carry both."
             )
     return lines
 
