@@ -110,7 +110,8 @@ def energy_figure(rows: Sequence[Row], path: Path) -> Path | None:
     rows = [r for r in rows if r.get("scope", "model") == "model"]
     if not rows:
         return None
-    schemes = list(dict.fromkeys(str(r["scheme"]) for r in rows))
+    order = ("parallel", "orthogonal", "opposite")
+    schemes = sorted({str(r["scheme"]) for r in rows}, key=lambda s: order.index(s) if s in order else len(order))
     finetunes = list(dict.fromkeys(str(r["finetune"]) for r in rows))
     figure, axes = plt.subplots(1, len(schemes), figsize=(4.6 * len(schemes), 3.8), squeeze=False)
     for ax, scheme in zip(axes.flat, schemes):
