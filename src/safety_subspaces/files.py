@@ -145,3 +145,15 @@ def check_run_dir(path: Path, config: Mapping[str, Any], *, kind: str) -> bool:
 def run_config_document(config: Mapping[str, Any], *, kind: str) -> dict[str, Any]:
     """The config.yaml content: kind, identity digest and the resolved config."""
     return {"kind": kind, "identity": config_digest(config), "config": dict(config)}
+
+
+@contextmanager
+def analysis_run_dir(out: Path, identity: Mapping[str, Any], *, kind: str, manifest: Mapping[str, Any],
+                     tables: Mapping[str, tuple[Iterable[Mapping[str, Any]], Sequence[str]]]) -> Iterator[Path]:
+    """Stage config.yaml, manifest.json and NAME.csv tables (yielding the stage for figures), then publish atomically."""
+    with staged_dir(out) as stage:
+        write_yaml(stage / RUN_CONFIG, run_config_document(identity, kind=kind))
+        write_json(stage / "manifest.json", manifest)
+        for name, (rows, columns) in tables.items():
+            write_csv(stage / f"{name}.csv", rows, columns)
+        yield stage

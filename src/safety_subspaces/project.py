@@ -12,7 +12,7 @@ from typing import Sequence
 from . import __version__, progress
 from .checkpoints import Checkpoint, write_checkpoint
 from .errors import UserError
-from .files import check_run_dir, run_config_document, staged_dir, write_csv, write_json, write_yaml
+from .files import analysis_run_dir, check_run_dir, staged_dir
 from .projection import (
     DEFAULT_FRACTIONS,
     DEFAULT_SCHEMES,
@@ -23,6 +23,7 @@ from .projection import (
     ProjectionSpec,
     TensorFilter,
     check_fraction,
+    check_svd_method,
     energy_table,
     projected_state,
 )
@@ -86,13 +87,12 @@ class ProjectConfig:
         for request in self.writes:
             if request.finetune is not None and request.finetune not in self.finetunes:
                 raise UserError(f"--write {request.finetune}:...: no fine-tune named {request.finetune!r}")
-        if self.svd_method not in ("auto", "svd", "gram"):
-            raise UserError(f"--svd-method {self.svd_method!r}: use auto, svd or gram")
+        check_svd_method(self.svd_method)
 
     @property
     def select(self) -> TensorFilter:
         """The tensor filter."""
-        return TensorFilter(self.tensors, tuple(self.layers) if self.layers is not None else None)
+        return TensorFilter.of(self.tensors, self.layers)
 
 
 @dataclass
@@ -215,7 +215,6 @@ def write_run_dir(config: ProjectConfig, run_identity: dict, result: ProjectResu
         "rank_rule": "k = max(1, round(fraction * min(m, n)))",
         "inputs": run_identity,
     }
-    with staged_dir(config.out) as stage:
-        write_yaml(stage / "config.yaml", run_config_document(run_identity, kind="project"))
-        write_json(stage / "manifest.json", manifest)
-        write_csv(stage / "energy.csv", result.rows, ENERGY_COLUMNS)
+    with analysis_run_dir(config.out, run_identity, kind="project", manifest=manifest,
+                          tables={"energy": (result.rows, ENERGY_COLUMNS)}):
+        pass

@@ -43,6 +43,11 @@ class TensorFilter:
             except re.error as exc:
                 raise UserError(f"--tensors {self.pattern!r} is not a valid regular expression ({exc})") from None
 
+    @classmethod
+    def of(cls, tensors: str | None, layers: Sequence[int] | None) -> "TensorFilter":
+        """A filter from CLI-style options (layers as any sequence)."""
+        return cls(tensors, tuple(layers) if layers is not None else None)
+
     def __call__(self, name: str) -> bool:
         """Whether a tensor is selected."""
         if self.pattern is not None and not re.search(self.pattern, name):
@@ -94,6 +99,16 @@ class ProjectionSpec:
     def label(self) -> str:
         """scheme-subspace-fraction, usable as a directory name."""
         return f"{self.scheme}-{self.subspace}-{self.fraction:g}"
+
+
+SVD_METHODS = ("auto", "svd", "gram")
+
+
+def check_svd_method(method: str) -> str:
+    """An exact decomposition method name (a UserError otherwise)."""
+    if method not in SVD_METHODS:
+        raise UserError(f"--svd-method {method!r}: use {', '.join(SVD_METHODS)}")
+    return method
 
 
 def check_fraction(value: float | str, what: str = "fraction") -> float:

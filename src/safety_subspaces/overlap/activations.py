@@ -21,7 +21,7 @@ from .. import __version__, linalg, progress
 from ..data import fingerprint as data_fingerprint
 from ..data import load_prompts, load_records
 from ..errors import UserError
-from ..files import check_run_dir, run_config_document, staged_dir, write_csv, write_json, write_yaml
+from ..files import analysis_run_dir, check_run_dir
 from ..models import read_config, resolve_model
 from ..spectra import Spectrum
 from .capture import CaptureStats, Moments, Window, capture
@@ -347,10 +347,8 @@ def write_run_dir(config: ActivationOverlapConfig, run_identity: dict, result: A
         "notes": result.notes,
         "inputs": run_identity,
     }
-    with staged_dir(config.out) as stage:
-        write_yaml(stage / "config.yaml", run_config_document(run_identity, kind="overlap-activations"))
-        write_json(stage / "manifest.json", manifest)
-        write_csv(stage / "activation_overlap.csv", result.rows, ACTIVATION_COLUMNS)
+    with analysis_run_dir(config.out, run_identity, kind="overlap-activations", manifest=manifest,
+                          tables={"activation_overlap": (result.rows, ACTIVATION_COLUMNS)}) as stage:
         for centered, name in ((False, "activation_overlap_uncentered.png"), (True, "activation_overlap_centered.png")):
             activation_overlap_figure(result.rows, stage / "figures" / name, centered=centered)
         if kept:

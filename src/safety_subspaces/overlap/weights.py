@@ -19,8 +19,8 @@ import torch
 from .. import __version__, progress
 from ..checkpoints import Checkpoint, check_compatible, layer_index
 from ..errors import UserError
-from ..files import check_run_dir, run_config_document, staged_dir, write_csv, write_json, write_yaml
-from ..projection import TensorFilter
+from ..files import analysis_run_dir, check_run_dir
+from ..projection import TensorFilter, check_svd_method
 from ..spectra import Spectrum, SpectrumCache
 from .common import (
     DEFAULT_ETAS,
@@ -70,13 +70,12 @@ class WeightOverlapConfig:
             check_name(name, "--update")
         self.etas = check_etas(self.etas)
         self.percentiles = check_percentiles(self.percentiles)
-        if self.svd_method not in ("auto", "svd", "gram"):
-            raise UserError(f"--svd-method {self.svd_method!r}: use auto, svd or gram")
+        check_svd_method(self.svd_method)
 
     @property
     def select(self) -> TensorFilter:
         """The tensor filter."""
-        return TensorFilter(self.tensors, tuple(self.layers) if self.layers is not None else None)
+        return TensorFilter.of(self.tensors, self.layers)
 
 
 @dataclass
@@ -263,8 +262,6 @@ def write_run_dir(config: WeightOverlapConfig, run_identity: dict, result: Weigh
         "notes": result.notes,
         "inputs": run_identity,
     }
-    with staged_dir(config.out) as stage:
-        write_yaml(stage / "config.yaml", run_config_document(run_identity, kind="overlap-weights"))
-        write_json(stage / "manifest.json", manifest)
-        write_csv(stage / "weight_overlap.csv", result.rows, WEIGHT_COLUMNS)
+    with analysis_run_dir(config.out, run_identity, kind="overlap-weights", manifest=manifest,
+                          tables={"weight_overlap": (result.rows, WEIGHT_COLUMNS)}) as stage:
         weight_overlap_figure(result.rows, stage / "figures" / "weight_overlap.png")
