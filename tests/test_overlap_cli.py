@@ -100,7 +100,7 @@ def test_empty_prompt_file(files, tmp_path, capsys):
     (["--depth", "0.1,0.2"], ["selects no hidden state", "widen the band"]),
     (["--pairs", "a:z"], ["no prompt set named 'z'"]),
     (["--prompts", "c=missing.jsonl"], ["missing.jsonl", "no such file"]),
-    (["--prompts", f"c=x@category"], ["SRC@FIELD=VALUE"]),
+    (["--prompts", "c=x@category"], ["SRC@FIELD=VALUE"]),
     (["--batch-size", "0"], ["--batch-size"]),
     (["--prompts", "a b=x.jsonl"], ["'a b'"]),
 ])

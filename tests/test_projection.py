@@ -14,7 +14,6 @@ import factories
 from safety_subspaces import linalg
 from safety_subspaces.checkpoints import Checkpoint
 from safety_subspaces.cli import main
-from safety_subspaces.files import read_csv
 from safety_subspaces.project import ProjectConfig, WriteRequest, run_project
 from safety_subspaces.projection import AlignmentSubspaces, LiveModel, ProjectionSpec, TensorFilter
 

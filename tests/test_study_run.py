@@ -15,7 +15,6 @@ import pytest
 import yaml
 
 from safety_subspaces.cli import main
-from safety_subspaces.report import write_report
 from safety_subspaces.study.store import Store
 
 

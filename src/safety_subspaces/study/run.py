@@ -174,7 +174,7 @@ def execute(study: Study, context: Context, store: Store, pending: list[Job], re
     runner = make_executor(context, study.executor)
     try:
         with progress.bar(f"study {study.name}", total=len(pending)) as update:
-            for outcome in runner.run(pending):
+            for count, outcome in enumerate(runner.run(pending), 1):
                 record(store, outcome)
                 if outcome.error is None:
                     result.completed += 1
@@ -183,6 +183,10 @@ def execute(study: Study, context: Context, store: Store, pending: list[Job], re
                     if outcome.user_error:
                         raise UserError(f"job {outcome.job.label} ({outcome.job.id}): {outcome.error}")
                 update(1, status=outcome.job.label)
+                if not progress.enabled():  # no live bar (not a terminal): one line per job
+                    state = "done" if outcome.error is None else "FAILED"
+                    progress.info(f"[{count}/{len(pending)}] {outcome.job.kind} {outcome.job.label}: {state} "
+                                  f"in {outcome.seconds:.1f}s")
     finally:
         runner.close()
 
