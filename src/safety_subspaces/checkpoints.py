@@ -11,7 +11,7 @@ import struct
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Mapping
 
 import torch
 
@@ -262,14 +262,6 @@ def file_hash(path: Path) -> str:
     return memo[key]
 
 
-def open_checkpoints(refs: Mapping[str, str], *, allow_pickle: bool = False, trust_remote_code: bool = False) -> dict[str, Checkpoint]:
-    """Open several checkpoints by role."""
-    return {
-        role: Checkpoint(ref, role=role, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-        for role, ref in refs.items()
-    }
-
-
 def check_compatible(checkpoints: Mapping[str, Checkpoint]) -> list[str]:
     """Compare names, shapes and architectures across all inputs; return the shared canonical names."""
     items = list(checkpoints.items())
@@ -385,9 +377,3 @@ def write_checkpoint(
         for name, text in (extra_files or {}).items():
             (stage / name).write_text(text, encoding="utf-8")
     return out_dir
-
-
-def iter_stored(checkpoint: Checkpoint) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every stored tensor of a checkpoint (aliases included, as stored), one at a time."""
-    for name in sorted(checkpoint.infos):
-        yield name, checkpoint.read(name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -211,15 +211,6 @@ def load_records(
     return records
 
 
-def load_advbench(path: str | Path) -> list[Record]:
-    """AdvBench goals from the llm-attacks CSV (goal,target; quoted commas handled) or the hub."""
-    local = Path(str(path)).expanduser()
-    if local.suffix.lower() == ".csv" and local.exists():
-        rows = read_local_rows(local)
-        return map_fields(rows, {"prompt": "goal", "target": "target"}, origin=str(local), required=("prompt",))
-    return load_records(path if str(path) != "advbench" else "advbench")
-
-
 def load_prompts(source: str | Path, *, fields: str | Mapping[str, str] | None = None, limit: int | None = None,
                  seed: int | None = None) -> list[str]:
     """Just the prompt strings of a source (AdvBench CSVs recognised by their goal column)."""
@@ -259,15 +250,6 @@ def fingerprint(records: Sequence[Mapping[str, Any]]) -> str:
         digest.update(json.dumps(record, sort_keys=True, default=str).encode())
         digest.update(b"\n")
     return digest.hexdigest()
-
-
-@dataclass
-class PromptSet:
-    """A labelled list of prompts for generation or activation capture."""
-
-    name: str
-    prompts: list[str] = field(default_factory=list)
-    source: str = ""
 
 
 # --- fine-tuning data sets ------------------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ Data flow: checkpoints -> spectra (cached SVD of Δ_A/S) -> subspace frames -> e
 
 from __future__ import annotations
 
-import math
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -313,10 +312,6 @@ def energy_table(
             on_tensor(name)
     return energy_rows(records, kinds=kinds, fractions=fractions, schemes=schemes), records
 
-
-def is_finite_number(value: float) -> bool:
-    """Whether a float is neither nan nor inf."""
-    return isinstance(value, float) and math.isfinite(value)
 
 
 class LiveModel:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 
 THREADS_ENV = "SAFETY_SUBSPACES_THREADS"
 
@@ -17,16 +16,6 @@ def configure_threads(threads: int | None = None) -> int:
     if threads is not None and threads > 0:
         torch.set_num_threads(threads)
     return torch.get_num_threads()
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch RNGs."""
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def stable_seed(*parts: object) -> int:

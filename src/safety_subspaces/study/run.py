@@ -122,7 +122,7 @@ def num_layers(path: str) -> int:
 def record(store: Store, outcome: Outcome) -> None:
     """Store a finished job's rows and completion atomically, or its failure."""
     if outcome.error is None:
-        store.complete(outcome.job.id, outcome.rows or [], outcome.seconds)
+        store.complete(outcome.job.id, outcome.rows or [], outcome.seconds, outcome.worker)
     else:
         store.fail(outcome.job.id, outcome.error)
 

@@ -17,8 +17,6 @@ CREATE TABLE IF NOT EXISTS jobs (
     kind TEXT NOT NULL,
     spec TEXT NOT NULL,
     status TEXT NOT NULL DEFAULT 'pending',
-    attempts INTEGER NOT NULL DEFAULT 0,
-    started REAL,
     finished REAL,
     seconds REAL,
     worker TEXT,
@@ -79,15 +77,8 @@ class Store:
         """Ids of finished jobs."""
         return {row[0] for row in self.connection.execute("SELECT id FROM jobs WHERE status = 'done'")}
 
-    def mark_started(self, job_id: str, worker: str = "local") -> None:
-        """Record that a job started (an interrupted start is simply retried on the next run)."""
-        with self.transaction() as db:
-            db.execute(
-                "UPDATE jobs SET status = 'running', started = ?, worker = ?, attempts = attempts + 1 WHERE id = ? AND status != 'done'",
-                (time.time(), worker, job_id),
-            )
-
-    def complete(self, job_id: str, rows: Sequence[tuple[str, Mapping[str, Any]]], seconds: float) -> bool:
+    def complete(self, job_id: str, rows: Sequence[tuple[str, Mapping[str, Any]]], seconds: float,
+                 worker: str = "local") -> bool:
         """Store a job's (table, row) results and mark it done in one transaction; False if it was already done."""
         with self.transaction() as db:
             current = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -101,8 +92,8 @@ class Store:
                 [(job_id, seq, table, json.dumps(row, default=str)) for seq, (table, row) in enumerate(rows)],
             )
             db.execute(
-                "UPDATE jobs SET status = 'done', finished = ?, seconds = ?, error = NULL WHERE id = ?",
-                (time.time(), seconds, job_id),
+                "UPDATE jobs SET status = 'done', finished = ?, seconds = ?, worker = ?, error = NULL WHERE id = ?",
+                (time.time(), seconds, worker, job_id),
             )
         return True
 
@@ -121,10 +112,10 @@ class Store:
 
     def jobs(self) -> list[dict[str, Any]]:
         """Every job with its state."""
-        cursor = self.connection.execute("SELECT id, kind, spec, status, attempts, seconds, error FROM jobs ORDER BY id")
+        cursor = self.connection.execute("SELECT id, kind, spec, status, worker, seconds, error FROM jobs ORDER BY id")
         return [
-            {"id": i, "kind": k, "spec": json.loads(s), "status": st, "attempts": a, "seconds": sec, "error": e}
-            for i, k, s, st, a, sec, e in cursor
+            {"id": i, "kind": k, "spec": json.loads(s), "status": st, "worker": w, "seconds": sec, "error": e}
+            for i, k, s, st, w, sec, e in cursor
         ]
 
     def tables(self) -> list[str]:
