@@ -11,12 +11,12 @@ import struct
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import torch
 
 from .errors import UserError
-from .files import atomic_write_text, staged_dir
+from .files import atomic_write_chunks, atomic_write_text, staged_dir
 from .memo import TensorMemo
 from .models import check_remote_code, read_config, resolve_model
 
@@ -185,7 +185,7 @@ class Checkpoint:
         else:
             tensor = read_tensor(self.infos[name], role=self.role)
         if self.check_finite and name not in self._checked and tensor.is_floating_point():
-            if not bool(torch.isfinite(tensor).all()):
+            if not all_finite(tensor):
                 raise UserError(f"{self.role}: tensor {name} in {self.path} contains NaN or Inf")
             self._checked.add(name)
         return tensor
@@ -207,6 +207,12 @@ class Checkpoint:
 
     def __repr__(self) -> str:
         return f"Checkpoint({self.role}={self.path}, {len(self.names)} tensors)"
+
+
+def all_finite(tensor: torch.Tensor, chunk: int = 1 << 22) -> bool:
+    """Whether a tensor holds no NaN or Inf (checked in chunks, so no whole-size temporary)."""
+    flat = tensor.reshape(-1)
+    return all(bool(torch.isfinite(flat[start : start + chunk]).all()) for start in range(0, flat.numel(), chunk))
 
 
 def read_tensor(info: TensorInfo, *, role: str) -> torch.Tensor:
@@ -308,6 +314,28 @@ def model_files_to_copy(model_dir: Path) -> list[Path]:
     return keep
 
 
+def safetensors_chunks(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> Iterator[bytes | memoryview]:
+    """A safetensors file as byte chunks: the length-prefixed header, then each tensor's bytes (views, not copies)."""
+    names = {dtype: code for code, dtype in SAFETENSORS_DTYPES.items() if dtype is not None}
+    header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
+    flat, offset = [], 0
+    for name, tensor in tensors.items():
+        data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+        header[name] = {"dtype": names[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + data.numel()]}
+        flat.append(data)
+        offset += data.numel()
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the data section starts 8-byte aligned
+    yield struct.pack("<Q", len(text)) + text
+    for data in flat:
+        yield memoryview(data.numpy())
+
+
+def write_safetensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> None:
+    """Write tensors as one safetensors file atomically, streaming each tensor's bytes (no whole-file copy in memory)."""
+    atomic_write_chunks(path, safetensors_chunks(tensors, metadata))
+
+
 @dataclass
 class ShardedWriter:
     """Accumulates tensors into safetensors shards of at most shard_bytes; finish() writes the index."""
@@ -331,11 +359,9 @@ class ShardedWriter:
 
     def _flush(self) -> None:
         """Write the pending tensors as the next shard."""
-        from safetensors.torch import save_file
-
         if not self._pending:
             return
-        save_file(self._pending, str(self.directory / f"shard-{len(self._shards):05d}.tmp"), metadata=self.metadata)
+        write_safetensors(self.directory / f"shard-{len(self._shards):05d}.tmp", self._pending, self.metadata)
         self._shards.append(list(self._pending))
         self._pending, self._pending_bytes = {}, 0
 

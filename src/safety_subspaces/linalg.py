@@ -80,13 +80,15 @@ def rank_from_energy(singular_values: torch.Tensor, eta: float, total_energy: fl
 
 def frobenius_sq(tensor: torch.Tensor) -> float:
     """||M||_F^2 in float64."""
-    flat = tensor.reshape(-1).double()
-    return float(flat @ flat)
+    return inner(tensor, tensor)
 
 
-def inner(a: torch.Tensor, b: torch.Tensor) -> float:
-    """<a, b> over all entries, in float64."""
-    return float(a.reshape(-1).double() @ b.reshape(-1).double())
+def inner(a: torch.Tensor, b: torch.Tensor, *, chunk: int = 1 << 22) -> float:
+    """<a, b> over all entries, accumulated in float64 (chunk by chunk, so no whole-size float64 copies)."""
+    if a.shape != b.shape:
+        raise ValueError(f"inner product of tensors with shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    x, y = a.reshape(-1), b.reshape(-1)
+    return math.fsum(float(x[i : i + chunk].double() @ y[i : i + chunk].double()) for i in range(0, x.numel(), chunk))
 
 
 def _svd_left(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -190,6 +190,7 @@ def tensor_energies(
             for fraction, energy in zip(fractions, energies):
                 record.parallel[(kind, fraction)] = energy
         out.append(record)
+        del delta_task  # free it before the next fine-tune's is read
     return out
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 from . import linalg
-from .checkpoints import Checkpoint
-from .files import atomic_write_bytes, atomic_write_text
+from .checkpoints import Checkpoint, write_safetensors
+from .files import atomic_write_text
 from .paths import svd_cache_dir
 
 CACHE_VERSION = "1"
@@ -31,10 +31,16 @@ class Spectrum:
         return self.left.shape[1] == 0
 
 
-def difference(minuend: Checkpoint, subtrahend: Checkpoint, name: str, *, device: str = "cpu") -> torch.Tensor:
-    """W_minuend - W_subtrahend for one tensor, taken in float32 from the stored dtypes."""
+def difference(minuend: Checkpoint, subtrahend: Checkpoint, name: str, *, device: str = "cpu",
+               chunk_rows: int = 4096) -> torch.Tensor:
+    """W_minuend - W_subtrahend for one tensor, taken in float32 from the stored dtypes (no whole fp32 temporary)."""
     result = minuend.read(name).to(device=device, dtype=torch.float32, copy=True)
-    result -= subtrahend.read(name).to(device=device, dtype=torch.float32)
+    other = subtrahend.read(name)
+    if other.ndim < 2:
+        result -= other.to(device=device, dtype=torch.float32)
+        return result
+    for start in range(0, other.shape[0], chunk_rows):
+        result[start : start + chunk_rows] -= other[start : start + chunk_rows].to(device=device, dtype=torch.float32)
     return result
 
 
@@ -72,13 +78,10 @@ class SpectrumCache:
 
     def store(self, name: str, spectrum: Spectrum) -> None:
         """Write one tensor's spectrum atomically."""
-        from safetensors.torch import save
-
-        payload = save(
-            {"left": spectrum.left.contiguous().cpu(), "singular": spectrum.singular.contiguous().cpu()},
-            metadata={"total": repr(spectrum.total), "name": name},
+        write_safetensors(
+            self._path(name), {"left": spectrum.left, "singular": spectrum.singular},
+            {"total": repr(spectrum.total), "name": name},
         )
-        atomic_write_bytes(self._path(name), payload)
         meta = self.directory / "meta.json"
         if not meta.exists():
             atomic_write_text(meta, json.dumps({
