@@ -138,7 +138,7 @@ def test_overlap_without_an_analysis_prints_help_and_exits_2(capsys):
 
 def test_end_to_end_on_the_organism(organism_zoo, tmp_path, capsys, monkeypatch):
     zoo = organism_zoo
-    monkeypatch.setenv("SAFETY_SUBSPACES_ZOO", str(zoo))  # organism:NAME prompt sets resolve in this zoo
+    monkeypatch.setenv("SAFETY_SUBSPACES_ZOO", str(tmp_path / "no-zoo-here"))  # --zoo, not the default, must be used
     assert main(["overlap", "weights", "--reference", str(zoo / "aligned"), "--update", f"useful={zoo / 'useful'}",
                  "--update", f"harmful={zoo / 'harmful'}", "--update", f"base={zoo / 'base'}", "--eta", "0.1,0.5,0.9",
                  "--out", str(tmp_path / "w"), "--json"]) == 0
@@ -152,7 +152,7 @@ def test_end_to_end_on_the_organism(organism_zoo, tmp_path, capsys, monkeypatch)
     assert main(["overlap", "activations", "--model", f"aligned={zoo / 'aligned'}", "--model", f"useful={zoo / 'useful'}",
                  "--prompts", "useful=organism:arithmetic_eval", "--prompts", "harmful=organism:harmful_eval",
                  "--prompts", "violence=organism:harmful_eval@category=violence", "--n", "64", "--allow-fewer",
-                 "--eta", "0.5,0.9", "--out", str(tmp_path / "a"), "--json"]) == 0
+                 "--eta", "0.5,0.9", "--zoo", str(zoo), "--out", str(tmp_path / "a"), "--json"]) == 0
     activations = json.loads(capsys.readouterr().out)
     assert set(activations["bands"]) == {"aligned", "useful"} and activations["prompt_counts"]["harmful"] == 64
     rows = {(r["model"], r["pair"], r["centered"], r["eta"]): r for r in activations["rows"]}

@@ -320,6 +320,8 @@ def safetensors_chunks(tensors: Mapping[str, torch.Tensor], metadata: Mapping[st
     header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
     flat, offset = [], 0
     for name, tensor in tensors.items():
+        if tensor.dtype not in names:
+            raise ValueError(f"safetensors cannot store {name} as {tensor.dtype}")
         data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
         header[name] = {"dtype": names[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + data.numel()]}
         flat.append(data)

@@ -162,11 +162,19 @@ def _load_hub(source: Source, origin: str) -> list[Record]:
     return [dict(row) for row in dataset]
 
 
-def resolve_organism(name: str) -> Path:
-    """Path of an organism data file 'organism:NAME' in the default zoo (or $SAFETY_SUBSPACES_ZOO)."""
+def resolve_organism(name: str, zoo: Path | None = None) -> Path:
+    """Path of an organism data file 'organism:NAME' in a zoo (default: the built one, or $SAFETY_SUBSPACES_ZOO)."""
     from .organism import zoo_data_file  # organism package owns the zoo layout
 
-    return zoo_data_file(name)
+    return zoo_data_file(name, zoo)
+
+
+def in_zoo(source: str | Path, zoo: str | Path | None) -> str | Path:
+    """'organism:NAME' as the data file of the given zoo; any other source (or no zoo) unchanged."""
+    text = str(source)
+    if zoo is None or not text.startswith("organism:"):
+        return source
+    return resolve_organism(text.split(":", 1)[1], Path(zoo))
 
 
 def load_records(

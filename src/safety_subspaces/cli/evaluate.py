@@ -185,7 +185,8 @@ def _print(args: argparse.Namespace, rows: list[dict], out: Path, columns: list[
 
     table = Table(title=f"{rows[0]['model']}")
     for column in columns:
-        table.add_column(column, justify="right" if column in ("value", "stderr", "n", "invalid") else "left")
+        numeric = column in ("value", "stderr", "n", "invalid")
+        table.add_column(column, justify="right" if numeric else "left", overflow="fold")  # fold: never hide a metric name
     for item in rows:
         table.add_row(*[_cell(item.get(column)) for column in columns])
     Console().print(table)

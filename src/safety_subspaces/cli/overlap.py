@@ -103,6 +103,7 @@ def register_activations(analyses, common: argparse.ArgumentParser) -> None:
                         help="a prompt set (repeat): a known source (math, beavertails_unsafe_all, toxigen, advbench, xstest, ...), "
                              "a local JSONL/JSON/CSV/Parquet/TXT file, organism:NAME, a hub dataset id; "
                              "SRC@FIELD=V1|V2 keeps records whose FIELD carries one of the labels (e.g. a category group)")
+    parser.add_argument("--zoo", type=Path, help="organism zoo for organism:NAME prompt sets (default: the built zoo)")
     parser.add_argument("--n", type=int, default=5000, help="prompts per set: the first N of each (default 5000)")
     parser.add_argument("--allow-fewer", action="store_true", help="use all prompts of a set smaller than --n (with a warning)")
     parser.add_argument("--eta", type=csv_list(float), default=ETA_DEFAULT, metavar="ETAS",
@@ -201,7 +202,7 @@ def run_activations(args: argparse.Namespace) -> int:
         allow_fewer=args.allow_fewer, etas=parse_etas(args.eta), depth=args.depth, window=args.window,
         chat=not args.raw_prompts, all_layers=args.all_layers, pairs=args.pairs, batch_size=args.batch_size,
         max_length=args.max_length, dtype=args.dtype, device=device_of(args.device),
-        save_activations=args.save_activations, trust_remote_code=args.trust_remote_code,
+        save_activations=args.save_activations, trust_remote_code=args.trust_remote_code, zoo=args.zoo,
     )
     result = run_activation_overlap(config)
     band = [row for row in result.rows if row["scope"] == "band"]

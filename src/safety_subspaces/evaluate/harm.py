@@ -39,16 +39,11 @@ class HarmResult:
 def load_harm_prompts(source: str | Path, *, limit: int | None = None, zoo: str | Path | None = None,
                       fields: str | Mapping[str, str] | None = None) -> list[str]:
     """Prompts from 'advbench' (hub), an AdvBench-style CSV, any local file, or 'organism:NAME' (of --zoo if given)."""
-    from ..data import load_prompts
+    from ..data import in_zoo, load_prompts
 
-    text = str(source)
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be at least 1, got {limit}")
-    if text.startswith("organism:") and zoo is not None:
-        from ..organism import zoo_data_file
-
-        source = zoo_data_file(text.split(":", 1)[1], Path(zoo))
-    return load_prompts(source, fields=fields, limit=limit)
+    return load_prompts(in_zoo(source, zoo), fields=fields, limit=limit)
 
 
 def sample_key(index: int, prompt: str) -> str:

@@ -19,7 +19,7 @@ import torch
 
 from .. import __version__, linalg, progress
 from ..data import fingerprint as data_fingerprint
-from ..data import load_prompts, load_records
+from ..data import in_zoo, load_prompts, load_records
 from ..errors import UserError
 from ..files import analysis_run_dir, check_run_dir
 from ..models import read_config, resolve_model
@@ -72,11 +72,12 @@ class PromptSource:
             raise UserError(f"prompt source {text!r}: expected SRC@FIELD=VALUE[|VALUE...], e.g. beavertails_unsafe_all@category=violence")
         return cls(source, name.strip(), chosen)
 
-    def load(self) -> list[str]:
-        """All prompts of the source that pass the condition, in source order."""
+    def load(self, zoo: Path | None = None) -> list[str]:
+        """All prompts of the source that pass the condition, in source order (organism:NAME from zoo if given)."""
+        source = in_zoo(self.source, zoo)
         if self.field is None:
-            return load_prompts(self.source)
-        records = [r for r in load_records(self.source) if matches(field_value(r, self.field), self.values)]
+            return load_prompts(source)
+        records = [r for r in load_records(source) if matches(field_value(r, self.field), self.values)]
         if not records:
             raise UserError(f"prompt source {self.source!r}: no record has {self.field} in {' | '.join(self.values)}")
         return [str(record["prompt"]).strip() for record in records]
@@ -123,6 +124,7 @@ class ActivationOverlapConfig:
     device: str = "cpu"
     save_activations: bool = False
     trust_remote_code: bool = False
+    zoo: Path | None = None  # organism zoo for organism:NAME prompt sets (default: the built one)
 
     def validate(self) -> None:
         """Check names and options before anything is loaded."""
@@ -178,7 +180,7 @@ def load_prompt_sets(config: ActivationOverlapConfig) -> tuple[dict[str, list[st
     """The first n prompts of every set (or all of a smaller set, with a note, when allowed)."""
     sets, notes = {}, []
     for name, text in config.prompts.items():
-        prompts = PromptSource.parse(text).load()
+        prompts = PromptSource.parse(text).load(config.zoo)
         if len(prompts) < config.n:
             if not config.allow_fewer:
                 raise UserError(
