@@ -3,7 +3,7 @@
 Computes the same 30 pooled energy ratios (3 fine-tunes x 2 schemes x 5 fractions, top_k) two ways, each in a fresh
 process (so peak RSS is its own): this engine (one exact decomposition per tensor, streamed, cold cache), and the
 naive procedure (a fresh torch.svd_lowrank(Δ_A, q=k, niter=2) per fine-tune x scheme x fraction, all three models'
-tensors resident, as the reference code intended). Prints a JSON report and a Markdown block for BENCHMARKS.md.
+tensors resident, as the reference code intended). Prints a JSON report (figures for BENCHMARKS.md).
 
     python benchmarks/bench_projection.py --workdir bench-out [--threads 2] [--small] [--also-exact]
 """
