@@ -189,7 +189,7 @@ def run_weights(args: argparse.Namespace) -> int:
     for note in result.notes:
         print(f"note: {note}")
     print(f"run directory: {result.run_dir} (weight_overlap.csv has tensor, layer and depth rows)")
-    print(f"decompositions: {result.decompositions} computed, {result.cache_hits} from cache; {result.seconds:.1f}s")
+    print(f"decompositions: {result.decompositions} computed, {result.cache_hits} reused from the cache; {result.seconds:.1f}s")
     return 0
 
 

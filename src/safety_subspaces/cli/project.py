@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print_energy(model_rows, result.reference_kind, config.fractions)
         print(f"\nrun directory: {result.run_dir} (energy.csv has model, layer and tensor scopes)")
-        print(f"decompositions: {result.decompositions} computed, {result.cache_hits} from cache; {result.seconds:.1f}s")
+        print(f"decompositions: {result.decompositions} computed, {result.cache_hits} reused from the cache; {result.seconds:.1f}s")
         for path in result.written:
             print(f"wrote {path}")
     return 0
