@@ -28,6 +28,15 @@ def as_bool(value: object) -> bool:
     return bool(value)
 
 
+def save(figure, path: Path) -> Path:
+    """Write a figure as PNG and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
 def plot_mso_curves(ax, rows: Sequence[Row], *, series: str = "pair", title: str = "") -> None:
     """MSO against η on one axes, a solid line per series value with its random baseline dashed in the same colour."""
     groups: dict[str, list[Row]] = {}
@@ -67,11 +76,7 @@ def panel_figure(panels: Mapping[str, Sequence[Row]], path: Path, *, title: str,
     figure.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     figure.suptitle(title, fontsize=11)
     figure.tight_layout(rect=(0, (0.05 + 0.025 * math.ceil(len(labels) / ncol)) / grid_rows, 1, 0.95))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save(figure, path)
 
 
 def weight_overlap_figure(rows: Sequence[Row], path: Path) -> Path | None:
@@ -91,15 +96,6 @@ def activation_overlap_figure(rows: Sequence[Row], path: Path, *, centered: bool
             panels.setdefault(f"{row['model']} (hidden states {row['layer']})", []).append(row)
     kind = "centred" if centered else "uncentred"
     return panel_figure(panels, path, title=f"Mode Subspace Overlap of activations ({kind}, mean over the depth band)")
-
-
-def save(figure, path: Path) -> Path:
-    """Write a figure as PNG and close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
 
 
 SUBSPACE_STYLES = {"top_k": "-", "random_k": "--", "random": ":"}
