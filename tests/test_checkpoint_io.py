@@ -62,3 +62,14 @@ def test_chunked_inner_matches_numpy(chunk):
     assert linalg.frobenius_sq(a) == pytest.approx(float((a.double() ** 2).sum()), rel=1e-12)
     with pytest.raises(ValueError):
         linalg.inner(a, b.T)
+
+
+def test_flat_chunks_are_matching_views():
+    """Slices cover every element once, in order, as views of contiguous tensors; sizes must agree."""
+    a, b = torch.arange(10.0).reshape(2, 5), torch.zeros(10)
+    for out, part in linalg.flat_chunks(b, a, chunk=3):
+        out += part
+    assert torch.equal(b, torch.arange(10.0))
+    assert [len(x) for (x,) in linalg.flat_chunks(torch.tensor(1.0), chunk=3)] == [1]
+    with pytest.raises(ValueError):
+        next(linalg.flat_chunks(a, torch.zeros(9)))

@@ -17,6 +17,7 @@ import torch
 
 from .errors import UserError
 from .files import atomic_write_chunks, atomic_write_text, staged_dir
+from .linalg import CHUNK, flat_chunks
 from .memo import TensorMemo
 from .models import check_remote_code, read_config, resolve_model
 
@@ -209,10 +210,9 @@ class Checkpoint:
         return f"Checkpoint({self.role}={self.path}, {len(self.names)} tensors)"
 
 
-def all_finite(tensor: torch.Tensor, chunk: int = 1 << 22) -> bool:
+def all_finite(tensor: torch.Tensor, chunk: int = CHUNK) -> bool:
     """Whether a tensor holds no NaN or Inf (checked in chunks, so no whole-size temporary)."""
-    flat = tensor.reshape(-1)
-    return all(bool(torch.isfinite(flat[start : start + chunk]).all()) for start in range(0, flat.numel(), chunk))
+    return all(bool(torch.isfinite(part).all()) for (part,) in flat_chunks(tensor, chunk=chunk))
 
 
 def read_tensor(info: TensorInfo, *, role: str) -> torch.Tensor:

@@ -8,7 +8,7 @@ bases are orthonormal columns B (m x k) of the output (left) side; P = B B^T.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Literal
+from typing import Iterable, Iterator, Literal
 
 import torch
 
@@ -83,12 +83,23 @@ def frobenius_sq(tensor: torch.Tensor) -> float:
     return inner(tensor, tensor)
 
 
-def inner(a: torch.Tensor, b: torch.Tensor, *, chunk: int = 1 << 22) -> float:
+CHUNK = 1 << 22  # elements per slice of element-wise passes over whole tensors (16 MiB in fp32)
+
+
+def flat_chunks(*tensors: torch.Tensor, chunk: int = CHUNK) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Matching slices of the flattened tensors (views of contiguous ones), chunk elements at a time."""
+    flat = [tensor.reshape(-1) for tensor in tensors]
+    if len({part.numel() for part in flat}) > 1:
+        raise ValueError(f"tensors of shapes {[tuple(t.shape) for t in tensors]} have different sizes")
+    for start in range(0, flat[0].numel(), chunk):
+        yield tuple(part[start : start + chunk] for part in flat)
+
+
+def inner(a: torch.Tensor, b: torch.Tensor, *, chunk: int = CHUNK) -> float:
     """<a, b> over all entries, accumulated in float64 (chunk by chunk, so no whole-size float64 copies)."""
     if a.shape != b.shape:
         raise ValueError(f"inner product of tensors with shapes {tuple(a.shape)} and {tuple(b.shape)}")
-    x, y = a.reshape(-1), b.reshape(-1)
-    return math.fsum(float(x[i : i + chunk].double() @ y[i : i + chunk].double()) for i in range(0, x.numel(), chunk))
+    return math.fsum(float(x.double() @ y.double()) for x, y in flat_chunks(a, b, chunk=chunk))
 
 
 def _svd_left(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

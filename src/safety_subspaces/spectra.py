@@ -31,16 +31,12 @@ class Spectrum:
         return self.left.shape[1] == 0
 
 
-def difference(minuend: Checkpoint, subtrahend: Checkpoint, name: str, *, device: str = "cpu",
-               chunk_rows: int = 4096) -> torch.Tensor:
+def difference(minuend: Checkpoint, subtrahend: Checkpoint, name: str, *, device: str = "cpu") -> torch.Tensor:
     """W_minuend - W_subtrahend for one tensor, taken in float32 from the stored dtypes (no whole fp32 temporary)."""
-    result = minuend.read(name).to(device=device, dtype=torch.float32, copy=True)
-    other = subtrahend.read(name)
-    if other.ndim < 2:
-        result -= other.to(device=device, dtype=torch.float32)
-        return result
-    for start in range(0, other.shape[0], chunk_rows):
-        result[start : start + chunk_rows] -= other[start : start + chunk_rows].to(device=device, dtype=torch.float32)
+    # a contiguous copy, so its flat chunks are views; the stored tensor is freed before the subtrahend's is read
+    result = minuend.read(name).to(device=device, dtype=torch.float32, copy=True, memory_format=torch.contiguous_format)
+    for out, part in linalg.flat_chunks(result, subtrahend.read(name)):
+        out -= part.to(device=device, dtype=torch.float32)
     return result
 
 
