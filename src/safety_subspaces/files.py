@@ -40,6 +40,17 @@ def atomic_write_chunks(path: Path, chunks: Iterable[bytes | memoryview]) -> Non
         raise
 
 
+def read_json(path: Path, *, missing: str, role: str = "") -> Any:
+    """A JSON file's content; a UserError saying `missing` when it is absent, naming the file when it is not JSON."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(missing)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{role + ' ' if role else ''}{path} is not valid JSON ({exc.msg})") from None
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write text (UTF-8) atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))

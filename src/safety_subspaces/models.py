@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .files import read_json
 
 SNAPSHOT_PATTERNS = [
     "*.safetensors",
@@ -42,13 +42,7 @@ def resolve_model(ref: str | os.PathLike, *, role: str = "model", allow_download
 
 def read_config(model_dir: Path, *, role: str = "model") -> dict[str, Any]:
     """Read config.json of a model directory."""
-    config_path = Path(model_dir) / "config.json"
-    if not config_path.exists():
-        raise UserError(f"{role} {model_dir}: no config.json")
-    try:
-        return json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{role} {model_dir}: config.json is not valid JSON ({exc.msg})") from None
+    return read_json(Path(model_dir) / "config.json", missing=f"{role} {model_dir}: no config.json", role=role)
 
 
 def needs_remote_code(config: dict[str, Any]) -> bool:

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
 from .world import classify_response
 
 # Generation settings (recorded in the zoo manifest so that evaluation reproduces the numbers).
@@ -29,10 +28,9 @@ def generation_settings() -> dict[str, Any]:
 
 def read_set(zoo_dir: Path, name: str, limit: int | None = None) -> list[dict[str, Any]]:
     """The first `limit` rows of ZOO/data/NAME.jsonl."""
-    path = Path(zoo_dir) / "data" / f"{name}.jsonl"
-    if not path.exists():
-        raise UserError(f"organism data set {path} not found; build the zoo with `safety-subspaces organism build`")
-    with open(path, encoding="utf-8") as handle:
+    from . import zoo_data_file
+
+    with open(zoo_data_file(name, Path(zoo_dir)), encoding="utf-8") as handle:
         rows = [json.loads(line) for line in handle if line.strip()]
     return rows[:limit] if limit is not None else rows
 

@@ -12,8 +12,7 @@ from typing import Any, Iterator
 
 from .. import progress
 from ..data import fingerprint, mix
-from ..errors import UserError
-from ..files import staged_dir, write_json
+from ..files import read_json, staged_dir, write_json
 from ..finetune import Recipe, check_output_dir, finetune, recipe_from, versions
 from ..finetune.run import save_checkpoint
 from ..finetune.sft import Example, collate, encode_examples, train_loop
@@ -281,11 +280,6 @@ def _summary(b: dict[str, Any]) -> str:
 
 def load_manifest(zoo: Path) -> dict[str, Any]:
     """The manifest of a built zoo."""
-    path = Path(zoo) / MANIFEST
-    if not path.exists():
-        raise UserError(f"{zoo} is not an organism zoo (no {MANIFEST}); build one with `safety-subspaces organism build`")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON ({exc.msg})") from None
+    return read_json(Path(zoo) / MANIFEST,
+                     missing=f"{zoo} is not an organism zoo (no {MANIFEST}); build one with `safety-subspaces organism build`")
 
