@@ -314,7 +314,6 @@ def energy_table(
     return energy_rows(records, kinds=kinds, fractions=fractions, schemes=schemes), records
 
 
-
 class LiveModel:
     """A loaded model whose weights are swapped in place: a projection, another checkpoint, or back to the reference."""
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-
 import difflib
 import logging
 import math
@@ -276,11 +275,11 @@ def quiet_lm_eval_bars():
     """Silence lm-eval's own tqdm bars (it passes disable= explicitly, so TQDM_DISABLE alone does not)."""
     import importlib
 
+    from tqdm import tqdm as original
+
     def silent(*args: Any, **kwargs: Any):
         kwargs["disable"] = True
         return original(*args, **kwargs)
-
-    from tqdm import tqdm as original
 
     modules = [importlib.import_module(name) for name in LM_EVAL_MODULES_WITH_BARS]
     saved = [(module, getattr(module, "tqdm", None)) for module in modules]

@@ -6,6 +6,7 @@ import json
 import os
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
@@ -158,20 +159,16 @@ class Timer:
     def __init__(self) -> None:
         self.stages: dict[str, dict[str, float]] = {}
 
-    def __call__(self, name: str):
-        """Context manager timing one stage."""
-        timer = self
-
-        class _Stage:
-            def __enter__(self):
-                self.wall, self.cpu = time.perf_counter(), time.process_time()
-
-            def __exit__(self, *exc):
-                entry = timer.stages.setdefault(name, {"wall_seconds": 0.0, "cpu_seconds": 0.0})
-                entry["wall_seconds"] = round(entry["wall_seconds"] + time.perf_counter() - self.wall, 3)
-                entry["cpu_seconds"] = round(entry["cpu_seconds"] + time.process_time() - self.cpu, 3)
-
-        return _Stage()
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        """Time one stage (repeated stages add up)."""
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            entry = self.stages.setdefault(name, {"wall_seconds": 0.0, "cpu_seconds": 0.0})
+            entry["wall_seconds"] = round(entry["wall_seconds"] + time.perf_counter() - wall, 3)
+            entry["cpu_seconds"] = round(entry["cpu_seconds"] + time.process_time() - cpu, 3)
 
 
 def check_targets(behaviour: dict[str, dict[str, float]], thresholds: dict[str, float]) -> dict[str, bool]:
