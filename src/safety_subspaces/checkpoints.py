@@ -81,6 +81,7 @@ def read_safetensors_header(path: Path, *, role: str) -> dict[str, TensorInfo]:
     for name, entry in header.items():
         if name == "__metadata__":
             continue
+        check_tensor_name(name, path, role=role)
         try:
             dtype = SAFETENSORS_DTYPES[entry["dtype"]]
             begin, end = entry["data_offsets"]
@@ -96,6 +97,12 @@ def read_safetensors_header(path: Path, *, role: str) -> dict[str, TensorInfo]:
     if 8 + header_size + data_end > size:
         raise UserError(f"{role}: {path} is truncated ({size} bytes, header promises {8 + header_size + data_end})")
     return infos
+
+
+def check_tensor_name(name: str, path: Path, *, role: str) -> None:
+    """Refuse a stored tensor name that could act as a path (tensor names name files of the SVD cache)."""
+    if not name or "/" in name or "\\" in name or "\x00" in name or name in (".", ".."):
+        raise UserError(f"{role}: {path} stores a tensor named {name!r}, which is not a valid tensor name")
 
 
 def weight_files(model_dir: Path, *, role: str, allow_pickle: bool) -> tuple[list[Path], str]:
@@ -164,6 +171,7 @@ class Checkpoint:
                 raise UserError(f"{self.role}: cannot load {path.name} with weights_only=True ({type(exc).__name__})") from None
             for name, tensor in state.items():
                 if isinstance(tensor, torch.Tensor):
+                    check_tensor_name(str(name), path, role=self.role)
                     self._pickled[name] = tensor
                     infos[name] = TensorInfo(name, tuple(tensor.shape), tensor.dtype, path)
         return infos
@@ -263,7 +271,7 @@ def file_hash(path: Path) -> str:
     memo[key] = digest.hexdigest()
     try:
         atomic_write_text(memo_path, json.dumps(memo))
-    except OSError:
+    except (OSError, UserError):
         pass  # the memo is an optimisation only
     return memo[key]
 
