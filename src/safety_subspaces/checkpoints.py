@@ -16,7 +16,7 @@ from typing import Iterable, Iterator, Mapping
 import torch
 
 from .errors import UserError
-from .files import atomic_write_chunks, atomic_write_text, staged_dir
+from .files import atomic_write_chunks, atomic_write_text, read_text, staged_dir
 from .linalg import CHUNK, flat_chunks
 from .memo import TensorMemo
 from .models import check_remote_code, read_config, resolve_model
@@ -111,10 +111,13 @@ def weight_files(model_dir: Path, *, role: str, allow_pickle: bool) -> tuple[lis
         index = model_dir / index_name
         if index.exists() and (fmt == "safetensors" or not list(model_dir.glob("*.safetensors"))):
             try:
-                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError):
+                shards = set(json.loads(read_text(index, what=role))["weight_map"].values())
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
                 raise UserError(f"{role}: {index} is not a valid shard index") from None
-            files = sorted({model_dir / shard for shard in weight_map.values()})
+            outside = [s for s in shards if not isinstance(s, str) or Path(s).name != s or s in ("", ".", "..")]
+            if outside:
+                raise UserError(f"{role}: {index} lists shard {outside[0]!r}, which is not a file name in {model_dir}")
+            files = sorted(model_dir / shard for shard in shards)
             missing = [f.name for f in files if not f.exists()]
             if missing:
                 raise UserError(f"{role}: shard(s) listed in {index.name} are missing: {', '.join(missing)}")
@@ -260,7 +263,7 @@ def file_hash(path: Path) -> str:
     memo_path = home() / "file-hashes.json"
     try:
         memo = json.loads(memo_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # missing, not UTF-8 or not JSON: start afresh
         memo = {}
     if key in memo:
         return memo[key]

@@ -195,6 +195,8 @@ def load_records(
 ) -> list[Record]:
     """Rows with our field names from a registry name, 'organism:NAME', a local file, or a hub dataset id."""
     text = str(source)
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be at least 1, got {limit}")
     mapping = parse_fields(fields)
     if text.startswith("organism:"):
         path: Path | None = resolve_organism(text.split(":", 1)[1])

@@ -21,12 +21,12 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import yaml
 
-from .errors import UserError
+from .errors import OutputError, UserError
 
 
-def output_error(exc: OSError, path: Path | str) -> UserError:
+def output_error(exc: OSError, path: Path | str) -> OutputError:
     """The UserError for an OS refusal while writing path: the path and the OS's reason."""
-    return UserError(f"cannot write {path}: {exc.strerror or type(exc).__name__}")
+    return OutputError(path, exc.strerror or type(exc).__name__)
 
 
 def make_dirs(path: Path) -> list[Path]:
@@ -248,7 +248,7 @@ def staged_dir(final: Path) -> Iterator[Path]:
     try:
         yield stage
         publish(stage, final)
-    except OSError as exc:
+    except (OSError, OutputError) as exc:
         shutil.rmtree(stage, ignore_errors=True)
         remove_created(created)
         raise staged_error(exc, stage, final) from None
@@ -271,16 +271,18 @@ def publish(stage: Path, final: Path) -> None:
     shutil.rmtree(stage, ignore_errors=True)
 
 
-def staged_error(exc: OSError, stage: Path, final: Path) -> UserError:
+def staged_error(exc: OSError | OutputError, stage: Path, final: Path) -> UserError:
     """The UserError for an OS refusal inside a staged write, naming the path as it would be in final."""
-    reason = exc.strerror or type(exc).__name__
-    culprit = Path(exc.filename) if exc.filename else None
+    if isinstance(exc, OutputError):
+        reason, culprit = exc.reason, Path(exc.path)
+    else:
+        reason, culprit = exc.strerror or type(exc).__name__, Path(exc.filename) if exc.filename else None
     if culprit is None or culprit == stage:
-        return UserError(f"cannot write {final}: {reason}")
+        return OutputError(final, reason)
     try:
-        return UserError(f"cannot write {final / culprit.relative_to(stage)}: {reason}")
+        return OutputError(final / culprit.relative_to(stage), reason)
     except ValueError:
-        return UserError(f"{culprit}: {reason} (while writing {final})")
+        return exc if isinstance(exc, OutputError) else UserError(f"{culprit}: {reason} (while writing {final})")
 
 
 LOCKS_HELD: dict[Path, int] = {}

@@ -78,8 +78,8 @@ class ProjectConfig:
             raise UserError("no fine-tune given; pass --finetuned NAME=PATH at least once")
         for name in self.finetunes:
             check_name(name, "--finetuned")
-        if self.shard_bytes < 1:
-            raise UserError(f"--shard-size must be positive, got {self.shard_bytes} bytes")
+        if not self.shard_bytes >= 1:
+            raise UserError(f"--shard-size must be positive (in GB), got {self.shard_bytes / 1024**3:g}")
         self.fractions = [check_fraction(f, "--fractions") for f in self.fractions]
         try:
             self.schemes = [canonical_scheme(s) for s in self.schemes]

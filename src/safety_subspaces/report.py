@@ -271,6 +271,10 @@ def write_report(run_dir: Path) -> Path:
     """Write report.html, CSV exports and figures/*.png for a study run; return the HTML path."""
     run_dir = Path(run_dir)
     config, tables, jobs = load_run(run_dir)
+    grid = [(e, g) for e in config.get("projection", {}).get("grid", []) for g in e["metrics"]]
+    for entry, _ in grid:  # they name figure files: refuse a tampered config before writing anything
+        check_name(entry["finetune"], "projection.grid: fine-tune")
+        check_name(entry["scheme"], "projection.grid: scheme")
     for name, rows in tables.items():
         if rows:
             write_csv(run_dir / f"{name}.csv", rows, TABLE_COLUMNS[name])
@@ -278,12 +282,10 @@ def write_report(run_dir: Path) -> Path:
     write_csv(run_dir / "paper_tables.csv", [r for t in paper for r in t.as_rows()], ["table", "row", "fraction", "value"])
     figure_dir = run_dir / "figures"
     make_dirs(figure_dir)
-    grid = [(e, g) for e in config.get("projection", {}).get("grid", []) for g in e["metrics"]]
     energy_model = [r for r in tables["energy"] if r["scope"] == "model"]
     shown = {
         "energy": figures.energy_figure(energy_model, figure_dir / "energy_kept.png"),
-        "metrics": [figures.metric_figure(t, figure_dir / f"{t.metric}_{check_name(entry['finetune'], 'fine-tune')}_"
-                                                          f"{check_name(entry['scheme'], 'scheme')}.png")
+        "metrics": [figures.metric_figure(t, figure_dir / f"{t.metric}_{entry['finetune']}_{entry['scheme']}.png")
                     for t, (entry, _) in zip(paper, grid)],
         "weights": figures.weight_overlap_figure(tables["weight_overlap"], figure_dir / "weight_mso.png"),
         "activations": figures.activation_overlap_figure(tables["activation_overlap"], figure_dir / "activation_mso.png",

@@ -28,8 +28,8 @@ class Parser(argparse.ArgumentParser):
     """ArgumentParser whose usage errors are one line and exit code 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        """Print one line naming the problem and exit 2."""
-        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        """Print one `error:` line naming the problem and exit 2."""
+        sys.stderr.write(f"error: {message} (see {self.prog} --help)\n")
         raise SystemExit(2)
 
 

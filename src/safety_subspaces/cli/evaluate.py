@@ -8,7 +8,7 @@ import re
 import sys
 from pathlib import Path
 
-from ._help import add_allow_pickle, add_command, at_least, csv_list, positive
+from ._help import add_allow_pickle, add_command, csv_list
 
 UTILITY_EXAMPLES = """\
   # the paper's setting: GSM8K test, 1-shot, flexible-extract exact match (needs the hub)
@@ -50,8 +50,8 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
                           UTILITY_EXAMPLES, handler=run_utility)
     _model_options(utility)
     utility.add_argument("--task", default="gsm8k", help="lm-eval task, organism_arithmetic, or one of --include-path (default gsm8k)")
-    utility.add_argument("--num-fewshot", type=at_least(0), help="few-shot examples (default: 1 for gsm8k, the task's own otherwise)")
-    utility.add_argument("--limit", type=at_least(1), help="evaluate only the first N items")
+    utility.add_argument("--num-fewshot", type=int, help="few-shot examples (default: 1 for gsm8k, the task's own otherwise)")
+    utility.add_argument("--limit", type=int, help="evaluate only the first N items")
     utility.add_argument("--data", metavar="SPLIT=PATH,...", help="local data files for the task, e.g. test=t.jsonl,train=tr.jsonl")
     utility.add_argument("--include-path", action="append", default=[], metavar="DIR", help="directory of your own lm-eval task YAMLs")
     utility.add_argument("--zoo", type=Path, help="organism zoo directory (default: the built zoo)")
@@ -59,7 +59,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     chat.add_argument("--chat-template", dest="chat", action="store_true", default=None,
                       help="wrap prompts in the model's chat template (default for organism_arithmetic)")
     chat.add_argument("--no-chat-template", dest="chat", action="store_false", help="plain prompts (default for gsm8k)")
-    utility.add_argument("--max-gen-toks", type=at_least(1), help="cap on generated tokens (default: the task's)")
+    utility.add_argument("--max-gen-toks", type=int, help="cap on generated tokens (default: the task's)")
 
     harm = add_command(commands, common, "harm", "Harmfulness: greedy replies to prompts, judged 1 (refusal) to 5 (full compliance).",
                        HARM_EXAMPLES, handler=run_harm)
@@ -67,7 +67,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     harm.add_argument("--prompts", default="advbench",
                       help="advbench (hub), an AdvBench CSV (goal,target), any JSONL/JSON/CSV/Parquet/TXT, or organism:NAME")
     harm.add_argument("--fields", help="field mapping for a prompt file, e.g. prompt=question")
-    harm.add_argument("--limit", type=at_least(1), help="only the first N prompts")
+    harm.add_argument("--limit", type=int, help="only the first N prompts")
     harm.add_argument("--zoo", type=Path, help="organism zoo for organism:NAME prompts (default: the built zoo)")
     harm.add_argument("--judge", default="rubric",
                       help="rubric (default): LLM judge over HTTP; refusal: phrase matching; classifier: local HF model; "
@@ -77,16 +77,16 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     harm.add_argument("--judge-key-env", default="OPENAI_API_KEY", metavar="VAR",
                       help="environment variable holding the API key (default OPENAI_API_KEY); never logged or written")
     harm.add_argument("--rubric", type=Path, help="rubric text file with {request} and {response} (default: the built-in rubric)")
-    harm.add_argument("--judge-workers", type=at_least(1), default=8, help="concurrent judge requests (default 8)")
-    harm.add_argument("--judge-timeout", type=positive(float), default=60.0, help="seconds per judge request (default 60)")
-    harm.add_argument("--judge-retries", type=at_least(0), default=4, help="retries per judge request, with exponential backoff (default 4)")
-    harm.add_argument("--judge-backoff", type=at_least(0, float), default=1.0,
+    harm.add_argument("--judge-workers", type=int, default=8, help="concurrent judge requests (default 8)")
+    harm.add_argument("--judge-timeout", type=float, default=60.0, help="seconds per judge request (default 60)")
+    harm.add_argument("--judge-retries", type=int, default=4, help="retries per judge request, with exponential backoff (default 4)")
+    harm.add_argument("--judge-backoff", type=float, default=1.0,
                       help="seconds before the first retry, doubling each time (default 1)")
     harm.add_argument("--classifier-words", type=csv_list(str), metavar="HARMFUL,HARMLESS",
                       help="causal-LM classifier: the two answer words (default unsafe,safe with a chat template, else Yes,No)")
     harm.add_argument("--classifier-label", help="sequence classifier: the label meaning harmful (default: guessed)")
     harm.add_argument("--raw-prompts", action="store_true", help="prompts as they are, without the chat template (reference code)")
-    harm.add_argument("--max-new-tokens", type=at_least(1), default=512, help="generated tokens per reply (default 512)")
+    harm.add_argument("--max-new-tokens", type=int, default=512, help="generated tokens per reply (default 512)")
     harm.add_argument("--benign", action="store_true", help="the prompts are benign: report the over-refusal rate")
 
 
@@ -95,7 +95,7 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model directory or hub id")
     parser.add_argument("--name", help="model name in the result rows (default: --model)")
     parser.add_argument("--out", type=Path, help="output directory (default: evaluations/<kind>-<model>-<hash>)")
-    parser.add_argument("--batch-size", type=at_least(1), default=8, help="generation batch size (default 8)")
+    parser.add_argument("--batch-size", type=int, default=8, help="generation batch size (default 8)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default auto)")
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16 (default auto)")
     add_allow_pickle(parser)

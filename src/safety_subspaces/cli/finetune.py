@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from ._help import add_allow_pickle, add_command, at_least
+from ._help import add_allow_pickle, add_command
 
 EXAMPLES = """\
   # the paper's useful fine-tune of an aligned model (MetaMathQA 20k, lr 1e-5, 1x32, 1 epoch, cosine)
@@ -75,7 +75,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     data.add_argument("--useful-fields", help="contaminated: field mapping of the useful part (default --fields)")
     data.add_argument("--harmful-fields", help="contaminated: field mapping of the harmful part (default --fields)")
     data.add_argument("--percent", type=float, default=20.0, help="contaminated: harmful rows as %% of the useful count (default 20)")
-    data.add_argument("--limit", type=at_least(1), help="use only the first N rows of each source")
+    data.add_argument("--limit", type=int, help="use only the first N rows of each source")
     data.add_argument("--data-seed", type=int, default=42, help="seed of the contaminated mix's shuffle (default 42)")
     recipe = parser.add_argument_group("recipe (defaults: the paper's)")
     _recipe_flags(recipe)

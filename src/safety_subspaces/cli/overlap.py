@@ -8,7 +8,7 @@ import math
 import sys
 from pathlib import Path
 
-from ._help import add_allow_pickle, add_command, at_least, csv_list, key_value, name_help
+from ._help import add_allow_pickle, add_command, csv_list, key_value, name_help
 
 ETA_DEFAULT = "0.01,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,0.99"
 
@@ -105,7 +105,7 @@ def register_activations(analyses, common: argparse.ArgumentParser) -> None:
                              "a local JSONL/JSON/CSV/Parquet/TXT file, organism:NAME, a hub dataset id; "
                              "SRC@FIELD=V1|V2 keeps records whose FIELD carries one of the labels (e.g. a category group); " + name_help())
     parser.add_argument("--zoo", type=Path, help="organism zoo for organism:NAME prompt sets (default: the built zoo)")
-    parser.add_argument("--n", type=at_least(1), default=5000, help="prompts per set: the first N of each (default 5000)")
+    parser.add_argument("--n", type=int, default=5000, help="prompts per set: the first N of each (default 5000)")
     parser.add_argument("--allow-fewer", action="store_true", help="use all prompts of a set smaller than --n (with a warning)")
     parser.add_argument("--eta", type=csv_list(float), default=ETA_DEFAULT, metavar="ETAS",
                         help=f"energy fractions in (0, 1] (default {ETA_DEFAULT})")
@@ -117,8 +117,8 @@ def register_activations(analyses, common: argparse.ArgumentParser) -> None:
                              "or the mean of the first W greedily generated tokens")
     parser.add_argument("--raw-prompts", action="store_true", help="no chat template (as the reference code)")
     parser.add_argument("--pairs", type=csv_list(str), metavar="A:B,...", help="only these pairs of prompt sets (default: every pair)")
-    parser.add_argument("--batch-size", type=at_least(1), default=8, help="prompts per forward pass (results do not depend on it)")
-    parser.add_argument("--max-length", type=at_least(1), help="truncate prompts to their last N tokens")
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (results do not depend on it)")
+    parser.add_argument("--max-length", type=int, help="truncate prompts to their last N tokens")
     parser.add_argument("--dtype", default="auto", help="model dtype: auto, float32, bfloat16, float16 (default auto)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default auto)")
     parser.add_argument("--save-activations", action="store_true",

@@ -114,10 +114,12 @@ def load_rubric(path: str | Path | None) -> str:
     """Rubric text from a file (must contain {request} and {response}), or the default."""
     if path is None:
         return default_rubric()
+    from ..files import read_text
+
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"rubric file {path}: not found")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, what="rubric file")
     missing = [name for name in PLACEHOLDERS if name not in text]
     if missing:
         raise UserError(f"rubric file {path}: must contain the placeholders {' and '.join(missing)}")

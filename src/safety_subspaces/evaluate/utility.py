@@ -220,6 +220,8 @@ def evaluate_utility(
         raise UserError(f"--limit must be at least 1, got {limit}")
     if batch_size < 1:
         raise UserError(f"batch size must be at least 1, got {batch_size}")
+    if max_gen_toks is not None and max_gen_toks < 1:
+        raise UserError(f"--max-gen-toks must be at least 1, got {max_gen_toks}")
     files = parse_data_files(data_files)
     spec, manager = resolve_task(task, data_files=files, zoo=zoo, include_path=include_path, num_fewshot=num_fewshot or 0)
     tasks = _load_task(spec, manager, task)  # data problems surface before a model is loaded

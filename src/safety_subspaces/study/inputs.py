@@ -133,9 +133,11 @@ def check_data_reference(text: str, where: str, *, offline: bool, checked: Check
 
 
 def is_local_source(text: str) -> bool:
-    """Whether a prompt or data source is read from this machine (a file or organism:NAME), not from the hub."""
+    """Whether a prompt or data source is read from this machine (a file, even a missing one, or organism:NAME)."""
+    from ..data import looks_like_file
+
     source = text.partition("@")[0]
-    return source.startswith("organism:") or Path(source).expanduser().exists()
+    return source.startswith("organism:") or Path(source).expanduser().exists() or looks_like_file(source)
 
 
 def loadable(text: str, *, offline: bool, checked: CheckedInputs, what: str) -> bool:

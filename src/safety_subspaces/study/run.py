@@ -10,7 +10,7 @@ from typing import Any
 
 from .. import __version__, progress
 from ..errors import UserError
-from ..files import RUN_CONFIG, config_digest, make_dirs, output_lock, write_json, write_yaml
+from ..files import RUN_CONFIG, config_digest, make_dirs, output_lock, remove_created, write_json, write_yaml
 from .config import Study, study_document
 from .executors import Outcome, make_executor, pass_environment
 from .inputs import check_inputs, model_roles
@@ -124,10 +124,14 @@ def run_study(study: Study, out: Path, *, force: bool = False, report: bool = Tr
     with output_lock(run_dir):
         if choose_run_dir(out, identity_document, force=force) != run_dir:
             raise UserError(f"run directory {run_dir} changed while this run was starting; run the command again")
-        make_dirs(run_dir)
+        created = make_dirs(run_dir)
         if not (run_dir / RUN_CONFIG).exists():
-            write_yaml(run_dir / RUN_CONFIG, {"kind": "study", "identity": config_digest(identity_document),
-                                              "config": document, "inputs": inputs})
+            try:
+                write_yaml(run_dir / RUN_CONFIG, {"kind": "study", "identity": config_digest(identity_document),
+                                                  "config": document, "inputs": inputs})
+            except BaseException:
+                remove_created(created)  # a run directory without its config would look like a foreign one
+                raise
         result = run_jobs(study, run_dir, given, inputs, device=device, threads=threads)
         result.seconds = time.time() - started
         if report:
