@@ -346,8 +346,8 @@ def test_bad_values_and_files(world, outputs, capsys, monkeypatch, case):
         "harm-utf8-jsonl": (harm_cmd(world, out, prompts=world["bad_utf8"]), ["bad_utf8.jsonl", "line 2", "UTF-8"]),
         "harm-missing": (harm_cmd(world, out, prompts="nowhere.csv"), ["nowhere.csv", "no such file"]),
         "harm-limit-0": (harm_cmd(world, out, "--limit", "0"), ["--limit", "at least 1"]),
-        "harm-max-new-tokens-0": (harm_cmd(world, out, "--max-new-tokens", "0"), ["max new tokens", "at least 1"]),
-        "harm-batch-0": (harm_cmd(world, out, "--batch-size", "-3"), ["batch size", "at least 1"]),
+        "harm-max-new-tokens-0": (harm_cmd(world, out, "--max-new-tokens", "0"), ["--max-new-tokens", "at least 1, got 0"]),
+        "harm-batch-0": (harm_cmd(world, out, "--batch-size", "-3"), ["--batch-size", "at least 1, got -3"]),
         "harm-judge-workers-0": (harm_cmd(world, out, "--judge", "rubric", "--judge-model", "m", "--judge-workers", "0"),
                                  ["judge workers", "at least 1"]),
         "harm-rubric-no-key": (harm_cmd(world, out, "--judge", "rubric", "--judge-model", "m", "--judge-key-env", "MISSING_KEY"),
@@ -428,6 +428,7 @@ def test_non_utf8_yaml(world, outputs, tmp_path, capsys):
     ({"evaluation": {"utility": {"task": "gsm8k", "data_files": {"test": "/nowhere/t.jsonl"}},
                      "harm": {"prompts": "PROMPTS", "judge": "refusal"}}}, ["data_files.test", "/nowhere/t.jsonl"]),
     ({"finetunes": {"useful": {"recipe": {"data": "/nowhere/data.jsonl"}}}}, ["useful.recipe.data", "no such file"]),
+    ({"finetunes": {"useful": {"recipe": {"data": "BADCSV"}}}}, ["useful.recipe.data", "line 3", "unterminated quote"]),
     ({"finetunes": {"useful": {"recipe": {"data": "useful", "from": "harmful"}}}}, ["useful.recipe.from", "'harmful'"]),
     ({"executor": {"kind": "ray", "workers": 0}}, ["executor.workers", "at least 1"]),
     ({"threads": 0}, ["threads", "at least 1"]),
@@ -439,7 +440,8 @@ def test_non_utf8_yaml(world, outputs, tmp_path, capsys):
 def test_run_check_validates_what_run_validates(world, outputs, tmp_path, capsys, monkeypatch, changes, culprits):
     monkeypatch.delenv("MISSING_KEY", raising=False)
     text = json.dumps(changes).replace('"WIDE"', json.dumps(str(world["wide"]))) \
-        .replace('"PROMPTS"', json.dumps(str(world["prompts"]))).replace('"PROMPTS2"', json.dumps(str(world["prompts2"])))
+        .replace('"PROMPTS"', json.dumps(str(world["prompts"]))).replace('"PROMPTS2"', json.dumps(str(world["prompts2"]))) \
+        .replace('"BADCSV"', json.dumps(str(world["bad_quote"])))
     path = study(world, tmp_path / "study.yaml", **json.loads(text))
     refused(capsys, world, outputs, ["run", path, "--check"], *culprits)
     refused(capsys, world, outputs, ["run", path, "--out", outputs / "run", "--no-report"], *culprits)
@@ -521,14 +523,24 @@ def test_harm_on_a_full_disk_names_the_journal(world, outputs, capsys, monkeypat
     assert err.startswith("error: cannot write") and "No space left on device" in err and str(outputs / "h") in err
 
 
-@pytest.mark.parametrize("command", ["project", "finetune", "harm", "run"])
+@pytest.mark.parametrize("command", ["project", "finetune", "harm", "run", "organism"])
 def test_output_under_proc_and_under_a_file(world, outputs, tmp_path, capsys, command):
     for target, culprits in ((Path("/proc/no-such-dir/out"), ["/proc/no-such-dir", "No such file or directory"]),
                              (world["good"] / "out", [str(world["good"]), "is a file, not a directory"])):
         argv = {"project": project(world, target), "finetune": finetune_cmd(world, target),
                 "harm": harm_cmd(world, target),
-                "run": ["run", study(world, tmp_path / "study.yaml"), "--out", target, "--no-report"]}[command]
+                "run": ["run", study(world, tmp_path / "study.yaml"), "--out", target, "--no-report"],
+                "organism": ["organism", "build", "--preset", "test", "--out", target]}[command]
         refused(capsys, world, outputs, argv, *culprits)
+
+
+def test_report_on_a_full_disk(world, outputs, tmp_path, capsys, monkeypatch):
+    run = outputs / "run"
+    assert call(["run", study(world, tmp_path / "study.yaml"), "--out", run, "--no-report"]) == 0
+    capsys.readouterr()
+    refuse_writes(monkeypatch, outputs, errno.ENOSPC)
+    line = refused(capsys, world, outputs, ["report", run], str(run), "No space left on device")
+    assert ".tmp-" not in line
 
 
 def test_store_on_a_full_disk(tmp_path):

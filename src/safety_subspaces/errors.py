@@ -8,9 +8,9 @@ class UserError(Exception):
 class OutputError(UserError):
     """The OS refused to write an output (read-only file system, full disk, permission denied): path and reason."""
 
-    def __init__(self, path: object, reason: str):
-        self.path, self.reason = str(path), reason
-        super().__init__(f"cannot write {path}: {reason}")
+    def __init__(self, path: object, reason: str, action: str = "write"):
+        self.path, self.reason, self.action = str(path), reason, action
+        super().__init__(f"cannot {action} {path}: {reason}")
 
 
 def require(condition: bool, message: str) -> None:

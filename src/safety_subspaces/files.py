@@ -43,7 +43,7 @@ def make_dirs(path: Path) -> list[Path]:
         if blocker is not None and not blocker.is_dir():
             where = "" if blocker == path else f"cannot create directory {path}: "
             raise UserError(f"{where}{blocker} is a file, not a directory") from None
-        raise UserError(f"cannot create directory {path}: {exc.strerror or type(exc).__name__}") from None
+        raise OutputError(path, exc.strerror or type(exc).__name__, action="create directory") from None
     return missing
 
 
@@ -274,13 +274,13 @@ def publish(stage: Path, final: Path) -> None:
 def staged_error(exc: OSError | OutputError, stage: Path, final: Path) -> UserError:
     """The UserError for an OS refusal inside a staged write, naming the path as it would be in final."""
     if isinstance(exc, OutputError):
-        reason, culprit = exc.reason, Path(exc.path)
+        reason, culprit, action = exc.reason, Path(exc.path), exc.action
     else:
-        reason, culprit = exc.strerror or type(exc).__name__, Path(exc.filename) if exc.filename else None
+        reason, culprit, action = exc.strerror or type(exc).__name__, Path(exc.filename) if exc.filename else None, "write"
     if culprit is None or culprit == stage:
-        return OutputError(final, reason)
+        return OutputError(final, reason, action)
     try:
-        return OutputError(final / culprit.relative_to(stage), reason)
+        return OutputError(final / culprit.relative_to(stage), reason, action)
     except ValueError:
         return exc if isinstance(exc, OutputError) else UserError(f"{culprit}: {reason} (while writing {final})")
 
@@ -316,7 +316,11 @@ def output_lock(out: Path) -> Iterator[None]:
         return
     path = lock_path(out)
     created = make_dirs(out.parent)
-    fd = _acquire(path, out, fcntl)
+    try:
+        fd = _acquire(path, out, fcntl)
+    except BaseException:
+        remove_created(created)
+        raise
     LOCKS_HELD[out] = 1
     try:
         os.ftruncate(fd, 0)

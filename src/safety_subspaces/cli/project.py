@@ -47,7 +47,8 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", type=csv_list(int), help="only tensors of these decoder layers, e.g. 3,7")
     parser.add_argument("--out", required=True, type=Path, help="run directory for config.yaml, manifest.json, energy.csv")
     parser.add_argument("--write", action="append", default=[], metavar="[FT:]SCHEME:SUBSPACE:FRACTION",
-                        help="write a projected checkpoint (for every fine-tune unless FT is given); repeatable")
+                        help="write a projected checkpoint to MODELS_OUT/FT/SCHEME-SUBSPACE-FRACTION (for every fine-tune unless "
+                             "FT, a --finetuned NAME, is given); repeatable")
     parser.add_argument("--models-out", type=Path, help="directory for projected checkpoints (MODELS_OUT/FT/SCHEME-SUBSPACE-FRACTION)")
     parser.add_argument("--shard-size", type=positive(float), default=2.0, help="max shard size of written checkpoints in GB (default 2)")
     parser.add_argument("--cache-dir", type=Path, help="SVD cache directory (default ~/.cache/safety-subspaces/svd)")

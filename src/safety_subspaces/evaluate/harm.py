@@ -165,8 +165,10 @@ def evaluate_harm(
     prompts = [str(p) for p in prompts]
     if not prompts:
         raise UserError("no prompts to evaluate")
-    if max_new_tokens < 1 or batch_size < 1:
-        raise UserError("max new tokens and batch size must be at least 1")
+    if max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     subject = resolve_eval_model(model, tokenizer, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
                                  allow_pickle=allow_pickle, name=(as_labels(labels).model if labels is not None else None))
     format_prompts(subject.tokenizer, prompts[:1], chat=chat, model_name=subject.name)  # fails early without a template

@@ -106,10 +106,17 @@ def check_recipes(study: Study, *, offline: bool, checked: CheckedInputs) -> Non
         if start not in available:
             raise UserError(f"{role}.recipe.from: {start!r} is not a model available before {role}; "
                             f"use one of {', '.join(available) or 'the given checkpoints'}")
-        split_recipe(source.recipe, f"{role}.recipe")
+        data, options, recipe = split_recipe(source.recipe, f"{role}.recipe")
         for key in ("data", "source", "useful_source", "harmful_source"):
             if isinstance(source.recipe.get(key), str):
                 check_data_reference(source.recipe[key], f"{role}.recipe.{key}", offline=offline, checked=checked)
+        if isinstance(data, str) and Path(data).expanduser().is_file():  # a local data file: read it now, not mid-run
+            from ..data import load_training_data
+
+            try:
+                load_training_data(data, seed=recipe.seed, method=recipe.method, **options)
+            except UserError as exc:
+                raise UserError(f"{role}.recipe.data: {exc}") from None
         available.append(role)
 
 
