@@ -28,7 +28,8 @@ def with_changes(**changes):
 
 
 @pytest.mark.parametrize("path", [*STUDIES, default_study_path()], ids=lambda p: p.name)
-def test_every_shipped_study_validates(path, capsys):
+def test_every_shipped_study_validates(path, capsys, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")  # the rubric judge's key must be in the environment
     study = load_study(path)
     assert study.name
     assert main(["run", str(path), "--check"]) == 0

@@ -16,7 +16,7 @@ from typing import Iterable, Iterator, Mapping
 import torch
 
 from .errors import UserError
-from .files import atomic_write_chunks, atomic_write_text, staged_dir
+from .files import atomic_write_chunks, atomic_write_text, read_text, staged_dir
 from .linalg import CHUNK, flat_chunks
 from .memo import TensorMemo
 from .models import check_remote_code, read_config, resolve_model
@@ -81,6 +81,7 @@ def read_safetensors_header(path: Path, *, role: str) -> dict[str, TensorInfo]:
     for name, entry in header.items():
         if name == "__metadata__":
             continue
+        check_tensor_name(name, path, role=role)
         try:
             dtype = SAFETENSORS_DTYPES[entry["dtype"]]
             begin, end = entry["data_offsets"]
@@ -98,16 +99,25 @@ def read_safetensors_header(path: Path, *, role: str) -> dict[str, TensorInfo]:
     return infos
 
 
+def check_tensor_name(name: str, path: Path, *, role: str) -> None:
+    """Refuse a stored tensor name that could act as a path (tensor names name files of the SVD cache)."""
+    if not name or "/" in name or "\\" in name or "\x00" in name or name in (".", ".."):
+        raise UserError(f"{role}: {path} stores a tensor named {name!r}, which is not a valid tensor name")
+
+
 def weight_files(model_dir: Path, *, role: str, allow_pickle: bool) -> tuple[list[Path], str]:
     """The weight files of a model directory and their format ('safetensors' or 'pickle')."""
     for index_name, fmt in (("model.safetensors.index.json", "safetensors"), ("pytorch_model.bin.index.json", "pickle")):
         index = model_dir / index_name
         if index.exists() and (fmt == "safetensors" or not list(model_dir.glob("*.safetensors"))):
             try:
-                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError):
+                shards = set(json.loads(read_text(index, what=role))["weight_map"].values())
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
                 raise UserError(f"{role}: {index} is not a valid shard index") from None
-            files = sorted({model_dir / shard for shard in weight_map.values()})
+            outside = [s for s in shards if not isinstance(s, str) or Path(s).name != s or s in ("", ".", "..")]
+            if outside:
+                raise UserError(f"{role}: {index} lists shard {outside[0]!r}, which is not a file name in {model_dir}")
+            files = sorted(model_dir / shard for shard in shards)
             missing = [f.name for f in files if not f.exists()]
             if missing:
                 raise UserError(f"{role}: shard(s) listed in {index.name} are missing: {', '.join(missing)}")
@@ -164,6 +174,7 @@ class Checkpoint:
                 raise UserError(f"{self.role}: cannot load {path.name} with weights_only=True ({type(exc).__name__})") from None
             for name, tensor in state.items():
                 if isinstance(tensor, torch.Tensor):
+                    check_tensor_name(str(name), path, role=self.role)
                     self._pickled[name] = tensor
                     infos[name] = TensorInfo(name, tuple(tensor.shape), tensor.dtype, path)
         return infos
@@ -252,7 +263,7 @@ def file_hash(path: Path) -> str:
     memo_path = home() / "file-hashes.json"
     try:
         memo = json.loads(memo_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # missing, not UTF-8 or not JSON: start afresh
         memo = {}
     if key in memo:
         return memo[key]
@@ -263,7 +274,7 @@ def file_hash(path: Path) -> str:
     memo[key] = digest.hexdigest()
     try:
         atomic_write_text(memo_path, json.dumps(memo))
-    except OSError:
+    except (OSError, UserError):
         pass  # the memo is an optimisation only
     return memo[key]
 

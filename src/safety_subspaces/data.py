@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from .errors import UserError
+from .files import check_csv, read_text
 
 Record = dict[str, Any]
 
@@ -93,38 +95,44 @@ def parse_fields(spec: str | Mapping[str, str] | None) -> dict[str, str]:
 def read_local_rows(path: Path) -> list[Record]:
     """Read every row of a local JSONL/JSON/CSV/Parquet/TXT file (TXT: one prompt a line)."""
     suffix = path.suffix.lower()
-    try:
-        if suffix == ".jsonl":
-            rows = []
-            with open(path, encoding="utf-8") as handle:
-                for number, line in enumerate(handle, 1):
-                    if line.strip():
-                        try:
-                            rows.append(json.loads(line))
-                        except json.JSONDecodeError as exc:
-                            raise UserError(f"{path}: line {number} is not valid JSON ({exc.msg})") from None
-            return rows
-        if suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(data, dict) and "data" in data:
-                data = data["data"]
-            if not isinstance(data, list):
-                raise UserError(f"{path}: expected a JSON list of objects")
-            return data
-        if suffix == ".csv":  # utf-8-sig: spreadsheet exports start with a byte-order mark
-            with open(path, newline="", encoding="utf-8-sig") as handle:
-                return list(csv.DictReader(handle))
-        if suffix == ".parquet":
+    if suffix not in LOCAL_SUFFIXES:
+        raise UserError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(LOCAL_SUFFIXES)}")
+    if suffix == ".parquet":
+        try:
             import pyarrow.parquet as pq
 
             return pq.read_table(path).to_pylist()
-        if suffix == ".txt":
-            return [{"prompt": line.rstrip("\n")} for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except UserError:
-        raise
-    except (OSError, UnicodeDecodeError, ValueError, csv.Error) as exc:
-        raise UserError(f"{path}: could not read ({type(exc).__name__}: {str(exc)[:160]})") from None
-    raise UserError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(LOCAL_SUFFIXES)}")
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{path}: could not read ({type(exc).__name__}: {str(exc)[:160]})") from None
+    text = read_text(path)  # UTF-8 (a byte-order mark dropped); a bad byte is named by its line
+    if suffix == ".jsonl":
+        rows = []
+        for number, line in enumerate(text.split("\n"), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise UserError(f"{path}: line {number} is not valid JSON ({exc.msg})") from None
+        return rows
+    if suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+        if isinstance(data, dict) and "data" in data:
+            data = data["data"]
+        if not isinstance(data, list):
+            raise UserError(f"{path}: expected a JSON list of objects")
+        return data
+    if suffix == ".csv":
+        check_csv(text, path)
+        return list(csv.DictReader(io.StringIO(text, newline="")))
+    return [{"prompt": line} for line in text.splitlines() if line.strip()]
+
+
+def looks_like_file(text: str) -> bool:
+    """Whether a data source names a local file (a data-file suffix, or a path starting with . / ~)."""
+    return Path(text).suffix.lower() in LOCAL_SUFFIXES or text.startswith((".", "/", "~"))
 
 
 def map_fields(rows: Sequence[Mapping[str, Any]], fields: Mapping[str, str], *, origin: str, required: Sequence[str]) -> list[Record]:
@@ -187,6 +195,8 @@ def load_records(
 ) -> list[Record]:
     """Rows with our field names from a registry name, 'organism:NAME', a local file, or a hub dataset id."""
     text = str(source)
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be at least 1, got {limit}")
     mapping = parse_fields(fields)
     if text.startswith("organism:"):
         path: Path | None = resolve_organism(text.split(":", 1)[1])
@@ -206,7 +216,9 @@ def load_records(
         if path.is_dir():
             raise UserError(f"{path}: is a directory; give a data file ({', '.join(LOCAL_SUFFIXES)})")
         records = map_fields(read_local_rows(path), mapping, origin=str(path), required=required)
-    elif text.count("/") == 1 and not text.startswith((".", "/", "~")):
+    elif looks_like_file(text):
+        raise UserError(f"data file {text}: no such file")
+    elif text.count("/") == 1:
         records = map_fields(_load_hub(Source(text, "train", {}), text), mapping, origin=text, required=required)
     else:
         raise UserError(f"data source {text!r}: no such file and not a known dataset ({', '.join(sorted(SOURCES))})")
@@ -224,9 +236,8 @@ def load_prompts(source: str | Path, *, fields: str | Mapping[str, str] | None =
     """Just the prompt strings of a source (AdvBench CSVs recognised by their goal column)."""
     text = str(source)
     local = Path(text).expanduser()
-    if fields is None and local.suffix.lower() == ".csv" and local.exists():
-        with open(local, newline="", encoding="utf-8-sig") as handle:
-            header = next(csv.reader(handle), [])
+    if fields is None and local.suffix.lower() == ".csv" and local.is_file():
+        header = next(csv.reader(io.StringIO(read_text(local), newline="")), [])
         if "goal" in header and "prompt" not in header:
             fields = {"prompt": "goal"}
     records = load_records(source, fields=fields, required=("prompt",), limit=limit, seed=seed)
@@ -351,7 +362,9 @@ def load_training_data(
         return records, {"name": name, "source": str(chosen), "n": len(records)}
     text = str(name)
     is_file = Path(text).expanduser().exists() or text.startswith("organism:")
-    hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~"))
+    if not is_file and looks_like_file(text):
+        raise UserError(f"data file {text}: no such file")
+    hub_id = text.count("/") == 1
     if not (is_file or hub_id or text in SOURCES):
         known = ", ".join([*TRAINING_SETS, CONTAMINATED])
         raise UserError(f"unknown dataset {text!r}; use one of {known}, a data file, or organism:NAME")

@@ -29,12 +29,16 @@ def as_bool(value: object) -> bool:
 
 
 def save(figure, path: Path) -> Path:
-    """Write a figure as PNG and close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    """Write a figure as PNG atomically and close it."""
+    import io
+
+    from .files import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, dpi=120, format="png")
     plt.close(figure)
-    return path
+    atomic_write_bytes(Path(path), buffer.getvalue())
+    return Path(path)
 
 
 def plot_mso_curves(ax, rows: Sequence[Row], *, series: str = "pair", title: str = "") -> None:

@@ -1,4 +1,9 @@
-"""Atomic file and directory writes, CSV/JSON/YAML helpers and run-directory identity."""
+"""Atomic file and directory writes, output locks, CSV/JSON/YAML helpers and run-directory identity.
+
+Every OS refusal on the output side (read-only file system, full disk, permission denied, a file where a directory
+is expected) becomes one UserError naming the path and the OS's reason; temporary files and staged directories
+carry their owner's process id, so the next writer of the same path removes those a killed process left behind.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +21,96 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import yaml
 
-from .errors import UserError
+from .errors import OutputError, UserError
+
+
+def output_error(exc: OSError, path: Path | str) -> OutputError:
+    """The UserError for an OS refusal while writing path: the path and the OS's reason."""
+    return OutputError(path, exc.strerror or type(exc).__name__)
+
+
+def make_dirs(path: Path) -> list[Path]:
+    """Create a directory and its missing parents; return those it created (outermost first).
+
+    A file in the way or an OS refusal is a UserError naming the path.
+    """
+    path = Path(path)
+    missing = [p for p in [path, *path.parents] if not p.exists()][::-1]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = next((p for p in [path, *path.parents] if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            where = "" if blocker == path else f"cannot create directory {path}: "
+            raise UserError(f"{where}{blocker} is a file, not a directory") from None
+        raise OutputError(path, exc.strerror or type(exc).__name__, action="create directory") from None
+    return missing
+
+
+def remove_created(created: Sequence[Path]) -> None:
+    """Remove directories make_dirs created, innermost first, as long as they are empty."""
+    for directory in reversed(created):
+        try:
+            directory.rmdir()
+        except OSError:
+            return
+
+
+def owner_tag() -> str:
+    """This process as '<pid>@<host>': written into temporary names and lock files."""
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, owned by someone else
+    return True
+
+
+def left_by_dead_process(tag: str) -> bool:
+    """Whether an owner tag names a process of this machine that no longer runs."""
+    pid, sep, host = tag.partition("@")
+    return bool(sep) and pid.isdigit() and host == socket.gethostname() and not process_alive(int(pid))
+
+
+def remove_stale(directory: Path, prefix: str) -> None:
+    """Remove entries `<prefix><owner tag>-<random>...` of directory whose owner process is dead."""
+    try:
+        entries = [p for p in Path(directory).iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return
+    for entry in entries:
+        tag = entry.name[len(prefix):].rpartition("-")[0]
+        if left_by_dead_process(tag):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+
+def read_text(path: Path, *, what: str = "") -> str:
+    """A text file as UTF-8 (a leading byte-order mark dropped); a UserError naming the line of a non-UTF-8 byte."""
+    path = Path(path)
+    label = f"{what} {path}" if what else str(path)
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise UserError(f"{label} is a directory; give a file") from None
+    except FileNotFoundError:
+        raise UserError(f"{label}: no such file") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {label}: {exc.strerror or type(exc).__name__}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise UserError(f"{label}: line {line} is not UTF-8 text (byte 0x{data[exc.start]:02x}); "
+                        "save the file as UTF-8") from None
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -26,8 +121,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_chunks(path: Path, chunks: Iterable[bytes | memoryview]) -> None:
     """Write a sequence of byte chunks to path atomically, without joining them in memory."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise UserError(f"cannot write {path}: it is a directory")
+    make_dirs(path.parent)
+    prefix = f".{path.name}.tmp-"
+    remove_stale(path.parent, prefix)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f"{prefix}{owner_tag()}-", dir=path.parent)
+    except OSError as exc:
+        raise output_error(exc, path) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             for chunk in chunks:
@@ -35,6 +137,9 @@ def atomic_write_chunks(path: Path, chunks: Iterable[bytes | memoryview]) -> Non
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise output_error(exc, path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -43,10 +148,10 @@ def atomic_write_chunks(path: Path, chunks: Iterable[bytes | memoryview]) -> Non
 def read_json(path: Path, *, missing: str, role: str = "") -> Any:
     """A JSON file's content; a UserError saying `missing` when it is absent, naming the file when it is not JSON."""
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise UserError(missing)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_text(path, what=role))
     except json.JSONDecodeError as exc:
         raise UserError(f"{role + ' ' if role else ''}{path} is not valid JSON ({exc.msg})") from None
 
@@ -98,9 +203,22 @@ def write_csv(path: Path, rows: Iterable[Mapping[str, Any]], columns: Sequence[s
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
-    """Read a CSV file into a list of dicts."""
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+    """Read a CSV file into a list of dicts (UTF-8; a malformed row or an unterminated quote is named by its line)."""
+    text = read_text(path)
+    check_csv(text, path)
+    return list(csv.DictReader(io.StringIO(text, newline="")))
+
+
+def check_csv(text: str, origin: Path | str) -> None:
+    """Raise a UserError naming the line where a malformed CSV row (e.g. an unterminated quote) starts."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    start = 1
+    try:
+        for _ in reader:
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        problem = "an unterminated quote" if "unexpected end of data" in str(exc) else f"malformed CSV ({exc})"
+        raise UserError(f"{origin}: line {start}: {problem}") from None
 
 
 def config_digest(config: Mapping[str, Any]) -> str:
@@ -112,25 +230,135 @@ def config_digest(config: Mapping[str, Any]) -> str:
 def staged_dir(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling of final; on success move its files into final, on failure delete it.
 
-    A crash leaves only a hidden `.name.partial-*` folder, never a directory that looks complete.
+    A crash leaves only a hidden `.name.partial-<pid>@<host>-*` folder, never a directory that looks complete; the
+    next staged write of the same final removes such folders whose process is gone. An OS refusal while writing is
+    a UserError naming the path (as it will be in final) and the reason.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    if final.exists() and not final.is_dir():
+        raise UserError(f"output path {final} exists and is not a directory")
+    created = make_dirs(final.parent)
+    prefix = f".{final.name}.partial-"
+    remove_stale(final.parent, prefix)
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=f"{prefix}{owner_tag()}-", dir=final.parent))
+    except OSError as exc:
+        remove_created(created)
+        raise output_error(exc, final) from None
     try:
         yield stage
-        if not final.exists():
-            os.replace(stage, final)
-            return
-        for item in sorted(stage.rglob("*")):
-            if item.is_file():
-                target = final / item.relative_to(stage)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(item, target)
+        publish(stage, final)
+    except (OSError, OutputError) as exc:
         shutil.rmtree(stage, ignore_errors=True)
+        remove_created(created)
+        raise staged_error(exc, stage, final) from None
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
+        remove_created(created)
         raise
+
+
+def publish(stage: Path, final: Path) -> None:
+    """Move a finished stage to final (or its files into an existing final)."""
+    if not final.exists():
+        os.replace(stage, final)
+        return
+    for item in sorted(stage.rglob("*")):
+        if item.is_file():
+            target = final / item.relative_to(stage)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(item, target)
+    shutil.rmtree(stage, ignore_errors=True)
+
+
+def staged_error(exc: OSError | OutputError, stage: Path, final: Path) -> UserError:
+    """The UserError for an OS refusal inside a staged write, naming the path as it would be in final."""
+    if isinstance(exc, OutputError):
+        reason, culprit, action = exc.reason, Path(exc.path), exc.action
+    else:
+        reason, culprit, action = exc.strerror or type(exc).__name__, Path(exc.filename) if exc.filename else None, "write"
+    if culprit is None or culprit == stage:
+        return OutputError(final, reason, action)
+    try:
+        return OutputError(final / culprit.relative_to(stage), reason, action)
+    except ValueError:
+        return exc if isinstance(exc, OutputError) else UserError(f"{culprit}: {reason} (while writing {final})")
+
+
+LOCKS_HELD: dict[Path, int] = {}
+
+
+def lock_path(out: Path) -> Path:
+    """The lock file of an output path: a hidden sibling, so the output directory holds only its own files."""
+    out = Path(out)
+    return out.parent / f".{out.name}.lock"
+
+
+@contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Hold an output path's lock for the block; refuse one held by a live process, naming it.
+
+    The lock is an flock on a hidden file beside the output holding '<pid>@<host>': the kernel releases it when
+    its holder dies, so a killed process's lock is simply taken over. Re-entrant within a process.
+    """
+    out = Path(out).absolute()
+    if out in LOCKS_HELD:
+        LOCKS_HELD[out] += 1
+        try:
+            yield
+        finally:
+            LOCKS_HELD[out] -= 1
+        return
+    try:
+        import fcntl
+    except ImportError:  # no flock on this platform: run unlocked
+        yield
+        return
+    path = lock_path(out)
+    created = make_dirs(out.parent)
+    try:
+        fd = _acquire(path, out, fcntl)
+    except BaseException:
+        remove_created(created)
+        raise
+    LOCKS_HELD[out] = 1
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{owner_tag()}\n".encode())
+        yield
+    finally:
+        del LOCKS_HELD[out]
+        Path(path).unlink(missing_ok=True)
+        os.close(fd)
+        remove_created(created)
+
+
+def _acquire(path: Path, out: Path, fcntl) -> int:
+    """An open descriptor of the lock file holding its flock (retrying if the file was replaced meanwhile)."""
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise UserError(f"cannot write {out}: {exc.strerror or type(exc).__name__} "
+                            f"(creating its lock file {path})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+            os.close(fd)
+            pid, _, host = holder.partition("@")
+            who = f"process {pid} on {host}" if pid else "another process"
+            raise UserError(f"{out} is in use by {who} (lock file {path}); wait for it to finish or stop it") from None
+        except OSError as exc:
+            os.close(fd)
+            raise UserError(f"cannot lock {path}: {exc.strerror or type(exc).__name__}") from None
+        try:
+            current = os.stat(path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(fd).st_ino:
+            return fd
+        os.close(fd)  # the previous holder removed the file after we opened it: lock the new one
 
 
 RUN_CONFIG = "config.yaml"
@@ -149,10 +377,10 @@ def check_run_dir(path: Path, config: Mapping[str, Any], *, kind: str) -> bool:
             raise UserError(f"output directory {path} is not empty and holds no {kind} run; choose another --out")
         return False
     try:
-        previous = yaml.safe_load(existing.read_text(encoding="utf-8")) or {}
+        previous = yaml.safe_load(read_text(existing)) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"output directory {path} holds an unreadable {RUN_CONFIG}: {exc}") from None
-    if previous.get("kind") != kind or previous.get("identity") != config_digest(config):
+    if not isinstance(previous, dict) or previous.get("kind") != kind or previous.get("identity") != config_digest(config):
         raise UserError(
             f"output directory {path} already holds a different run ({RUN_CONFIG} differs); choose another --out"
         )

@@ -100,24 +100,48 @@ def load_model(
     dtype: str | None = "auto",
     device: str | None = None,
     trust_remote_code: bool = False,
+    allow_pickle: bool = False,
     role: str = "model",
 ):
-    """Load a causal LM in eval mode from a local directory or hub id (no remote code unless asked)."""
+    """Load a causal LM in eval mode from a local directory or hub id (no remote code, no pickle unless asked).
+
+    Pickle-only checkpoints need allow_pickle (they are then read with torch.load(weights_only=True)); a NaN or Inf
+    weight is a UserError naming the tensor.
+    """
     from transformers import AutoModelForCausalLM
 
     model_dir = resolve_model(ref, role=role)
     check_remote_code(model_dir, trust_remote_code=trust_remote_code, role=role)
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "use_safetensors": safetensors_only(
+        model_dir, role=role, allow_pickle=allow_pickle)}
     resolved = torch_dtype(dtype)
     kwargs["dtype"] = resolved if resolved is not None else "auto"
     try:
         model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     except (OSError, ValueError) as exc:
         raise UserError(f"{role} {ref}: could not load ({str(exc).splitlines()[0][:200]})") from None
+    check_finite_weights(model, role=role, where=model_dir)
     if device:
         model.to(device)
     model.eval()
     return model
+
+
+def safetensors_only(model_dir: Path, *, role: str, allow_pickle: bool) -> bool:
+    """Whether a model directory is read from safetensors; a pickle-only one needs allow_pickle (UserError otherwise)."""
+    from .checkpoints import weight_files
+
+    _, fmt = weight_files(Path(model_dir), role=role, allow_pickle=allow_pickle)
+    return fmt == "safetensors"
+
+
+def check_finite_weights(model, *, role: str, where: os.PathLike | str) -> None:
+    """Refuse a loaded model with a NaN or Inf weight, naming the tensor (checked in chunks)."""
+    from .checkpoints import all_finite
+
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not all_finite(tensor):
+            raise UserError(f"{role}: tensor {name} in {where} contains NaN or Inf")
 
 
 def default_device() -> str:

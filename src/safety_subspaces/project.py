@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -12,7 +13,7 @@ from typing import Sequence
 from . import __version__, progress
 from .checkpoints import Checkpoint, write_checkpoint
 from .errors import UserError
-from .files import analysis_run_dir, check_run_dir, staged_dir
+from .files import analysis_run_dir, check_run_dir, output_lock, staged_dir
 from .projection import (
     DEFAULT_FRACTIONS,
     DEFAULT_SCHEMES,
@@ -28,6 +29,7 @@ from .projection import (
     projected_state,
 )
 from .linalg import canonical_scheme, SUBSPACE_KINDS
+from .names import check_name
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,10 @@ class ProjectConfig:
         """Check the grid and options before anything is read."""
         if not self.finetunes:
             raise UserError("no fine-tune given; pass --finetuned NAME=PATH at least once")
+        for name in self.finetunes:
+            check_name(name, "--finetuned")
+        if not self.shard_bytes >= 1:
+            raise UserError(f"--shard-size must be positive (in GB), got {self.shard_bytes / 1024**3:g}")
         self.fractions = [check_fraction(f, "--fractions") for f in self.fractions]
         try:
             self.schemes = [canonical_scheme(s) for s in self.schemes]
@@ -85,6 +91,8 @@ class ProjectConfig:
         if self.writes and self.models_out is None:
             raise UserError("--write needs --models-out DIR")
         for request in self.writes:
+            if request.finetune is not None:
+                check_name(request.finetune, "--write FT:...: fine-tune")
             if request.finetune is not None and request.finetune not in self.finetunes:
                 raise UserError(f"--write {request.finetune}:...: no fine-tune named {request.finetune!r}")
         check_svd_method(self.svd_method)
@@ -154,21 +162,22 @@ def run_project(config: ProjectConfig) -> ProjectResult:
     if not names:
         raise UserError(f"no tensor matches the filter ({config.select.describe()})")
     run_identity = identity(config, inputs)
-    check_run_dir(config.out, run_identity, kind="project")
-    targets = model_targets(config)
-    subspaces = AlignmentSubspaces(
-        inputs.base, inputs.reference, seed=config.seed, cache_root=config.cache_dir,
-        method=config.svd_method, device=config.device,
-    )
-    with progress.bar("energy kept", total=len(names)) as update:
-        rows, _ = energy_table(
-            subspaces, inputs.finetunes, names, kinds=config.subspaces, fractions=config.fractions,
-            schemes=config.schemes, on_tensor=lambda name: update(1, status=name),
+    with output_lock(config.out), output_lock(config.models_out) if config.writes else nullcontext():
+        check_run_dir(config.out, run_identity, kind="project")
+        targets = model_targets(config)
+        subspaces = AlignmentSubspaces(
+            inputs.base, inputs.reference, seed=config.seed, cache_root=config.cache_dir,
+            method=config.svd_method, device=config.device,
         )
-    written = write_models(config, inputs, subspaces, targets)
-    result = ProjectResult(rows, Path(config.out), config.reference_kind, written,
-                           subspaces.cache.computed, subspaces.cache.reused, time.time() - started)
-    write_run_dir(config, run_identity, result, len(names))
+        with progress.bar("energy kept", total=len(names)) as update:
+            rows, _ = energy_table(
+                subspaces, inputs.finetunes, names, kinds=config.subspaces, fractions=config.fractions,
+                schemes=config.schemes, on_tensor=lambda name: update(1, status=name),
+            )
+        written = write_models(config, inputs, subspaces, targets)
+        result = ProjectResult(rows, Path(config.out), config.reference_kind, written,
+                               subspaces.cache.computed, subspaces.cache.reused, time.time() - started)
+        write_run_dir(config, run_identity, result, len(names))
     return result
 
 

@@ -14,7 +14,8 @@ import yaml
 
 from . import figures
 from .errors import UserError
-from .files import RUN_CONFIG, atomic_write_text, write_csv
+from .files import RUN_CONFIG, atomic_write_text, make_dirs, read_text, write_csv
+from .names import check_name
 from .projection import ENERGY_COLUMNS
 
 STORE = "results.sqlite"
@@ -251,7 +252,12 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, list[dict[str, An
     run_dir = Path(run_dir)
     if not (run_dir / STORE).exists() or not (run_dir / RUN_CONFIG).exists():
         raise UserError(f"{run_dir} is not a study run directory (no {STORE} or {RUN_CONFIG})")
-    document = yaml.safe_load((run_dir / RUN_CONFIG).read_text(encoding="utf-8")) or {}
+    try:
+        document = yaml.safe_load(read_text(run_dir / RUN_CONFIG)) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{run_dir / RUN_CONFIG}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(document, dict) or not isinstance(document.get("config", {}), dict):
+        raise UserError(f"{run_dir / RUN_CONFIG} does not hold a study config")
     store = Store(run_dir / STORE)
     try:
         tables = {name: store.rows(name) for name in TABLE_COLUMNS}
@@ -265,14 +271,17 @@ def write_report(run_dir: Path) -> Path:
     """Write report.html, CSV exports and figures/*.png for a study run; return the HTML path."""
     run_dir = Path(run_dir)
     config, tables, jobs = load_run(run_dir)
+    grid = [(e, g) for e in config.get("projection", {}).get("grid", []) for g in e["metrics"]]
+    for entry, _ in grid:  # they name figure files: refuse a tampered config before writing anything
+        check_name(entry["finetune"], "projection.grid: fine-tune")
+        check_name(entry["scheme"], "projection.grid: scheme")
     for name, rows in tables.items():
         if rows:
             write_csv(run_dir / f"{name}.csv", rows, TABLE_COLUMNS[name])
     paper = paper_tables(tables["evaluation"], config)
     write_csv(run_dir / "paper_tables.csv", [r for t in paper for r in t.as_rows()], ["table", "row", "fraction", "value"])
     figure_dir = run_dir / "figures"
-    figure_dir.mkdir(exist_ok=True)
-    grid = [(e, g) for e in config.get("projection", {}).get("grid", []) for g in e["metrics"]]
+    make_dirs(figure_dir)
     energy_model = [r for r in tables["energy"] if r["scope"] == "model"]
     shown = {
         "energy": figures.energy_figure(energy_model, figure_dir / "energy_kept.png"),

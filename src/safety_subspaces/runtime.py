@@ -12,10 +12,24 @@ def configure_threads(threads: int | None = None) -> int:
     import torch
 
     if threads is None and os.environ.get(THREADS_ENV):
-        threads = int(os.environ[THREADS_ENV])
-    if threads is not None and threads > 0:
+        threads = threads_from_env()
+    if threads is not None:
+        if threads < 1:
+            from .errors import UserError
+
+            raise UserError(f"threads must be at least 1, got {threads}")
         torch.set_num_threads(threads)
     return torch.get_num_threads()
+
+
+def threads_from_env() -> int:
+    """$SAFETY_SUBSPACES_THREADS as a positive integer (a UserError naming the variable otherwise)."""
+    from .errors import UserError
+
+    text = os.environ[THREADS_ENV]
+    if not text.strip().isdigit() or int(text) < 1:
+        raise UserError(f"{THREADS_ENV}={text!r}: expected a positive integer")
+    return int(text)
 
 
 def stable_seed(*parts: object) -> int:

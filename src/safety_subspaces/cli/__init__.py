@@ -28,15 +28,17 @@ class Parser(argparse.ArgumentParser):
     """ArgumentParser whose usage errors are one line and exit code 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        """Print one line naming the problem and exit 2."""
-        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        """Print one `error:` line naming the problem and exit 2."""
+        sys.stderr.write(f"error: {message} (see {self.prog} --help)\n")
         raise SystemExit(2)
 
 
 def common_options() -> argparse.ArgumentParser:
     """Options every command accepts."""
+    from ._help import at_least
+
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's; env SAFETY_SUBSPACES_THREADS)")
+    common.add_argument("--threads", type=at_least(1), default=None, help="CPU threads for torch (default: torch's; env SAFETY_SUBSPACES_THREADS)")
     common.add_argument("--json", action="store_true", help="print machine-readable results to stdout")
     common.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
     return common
@@ -83,6 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except UserError as exc:
         sys.stderr.write(f"error: {exc}\n")
+        return 2
+    except OSError as exc:  # last resort for an OS refusal not converted where it happened (it names its file)
+        if exc.filename is None:
+            raise
+        sys.stderr.write(f"error: {exc.filename}: {exc.strerror or type(exc).__name__}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("interrupted; rerun the same command to resume\n")

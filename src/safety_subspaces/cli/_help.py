@@ -39,3 +39,54 @@ def key_value(text: str) -> tuple[str, str]:
     if not sep or not name or not value:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
     return name.strip(), value.strip()
+
+
+def at_least(minimum: float, kind: type = int):
+    """An argparse type for a number (int or float) of at least `minimum`."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {_a(kind)}, got {text!r}") from None
+        if not value >= minimum:  # also refuses NaN
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def positive(kind: type = float):
+    """An argparse type for a number greater than zero."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {_a(kind)}, got {text!r}") from None
+        if not value > 0:  # also refuses NaN
+            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _a(kind: type) -> str:
+    """'an integer' or 'a number'."""
+    return "an integer" if kind is int else "a number"
+
+
+def add_allow_pickle(parser: argparse.ArgumentParser) -> None:
+    """The --allow-pickle flag of every command that loads a model."""
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="accept pickle-only checkpoints (*.bin, *.pt), read with torch.load(weights_only=True); "
+                             "default: safetensors only")
+
+
+def name_help() -> str:
+    """The rule for names that become file names, for --help texts."""
+    from ..names import NAME_RULE
+
+    return f"NAME becomes part of file names: {NAME_RULE}"

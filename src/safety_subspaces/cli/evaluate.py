@@ -8,7 +8,7 @@ import re
 import sys
 from pathlib import Path
 
-from ._help import add_command, csv_list
+from ._help import add_allow_pickle, add_command, csv_list
 
 UTILITY_EXAMPLES = """\
   # the paper's setting: GSM8K test, 1-shot, flexible-extract exact match (needs the hub)
@@ -98,6 +98,7 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="generation batch size (default 8)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default auto)")
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16 (default auto)")
+    add_allow_pickle(parser)
     parser.add_argument("--trust-remote-code", action="store_true", help="accept models that declare custom code")
 
 
@@ -130,16 +131,17 @@ def run_utility(args: argparse.Namespace) -> int:
     keys = ["model", "task", "num_fewshot", "limit", "data", "include_path", "zoo", "chat", "max_gen_toks"]
     out = args.out or _default_out("utility", args, keys)
     config = {key: (str(getattr(args, key)) if getattr(args, key) is not None else None) for key in keys}
-    files.check_run_dir(out, config, kind="evaluate-utility")
-    result = evaluate_utility(
-        args.model, task=args.task, num_fewshot=args.num_fewshot, limit=args.limit, batch_size=args.batch_size,
-        chat=args.chat, data_files=args.data, include_path=args.include_path, zoo=args.zoo,
-        max_gen_toks=args.max_gen_toks, labels={"model": args.name or args.model}, device=_device(args),
-        dtype=args.dtype,
-    )
-    with files.staged_dir(out) as stage:
-        write_outputs(stage, result.rows, result.samples)
-        files.write_yaml(stage / files.RUN_CONFIG, files.run_config_document(config, kind="evaluate-utility"))
+    with files.output_lock(out):
+        files.check_run_dir(out, config, kind="evaluate-utility")
+        result = evaluate_utility(
+            args.model, task=args.task, num_fewshot=args.num_fewshot, limit=args.limit, batch_size=args.batch_size,
+            chat=args.chat, data_files=args.data, include_path=args.include_path, zoo=args.zoo,
+            max_gen_toks=args.max_gen_toks, labels={"model": args.name or args.model}, device=_device(args),
+            dtype=args.dtype, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
+        )
+        with files.staged_dir(out) as stage:
+            write_outputs(stage, result.rows, result.samples)
+            files.write_yaml(stage / files.RUN_CONFIG, files.run_config_document(config, kind="evaluate-utility"))
     _print(args, result.rows, out, ["metric", "value", "stderr", "n", "invalid", "headline"])
     return 0
 
@@ -157,6 +159,7 @@ def run_harm(args: argparse.Namespace) -> int:
         args.model, prompts=prompts, judge=judge, out_dir=out, chat=not args.raw_prompts,
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, benign=args.benign,
         prompt_set=str(args.prompts), labels={"model": args.name or args.model}, device=_device(args), dtype=args.dtype,
+        trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
     )
     _print(args, result.rows, out, ["metric", "value", "n", "invalid", "judge", "prompts"])
     return 0
@@ -170,7 +173,8 @@ def _judge_options(args: argparse.Namespace) -> dict:
                 "retries": args.judge_retries, "backoff": args.judge_backoff}
     if args.judge == "classifier":
         return {"model": args.judge_model, "words": args.classifier_words, "harmful_label": args.classifier_label,
-                "batch_size": args.batch_size, "device": _device(args), "trust_remote_code": args.trust_remote_code}
+                "batch_size": args.batch_size, "device": _device(args), "trust_remote_code": args.trust_remote_code,
+                "allow_pickle": args.allow_pickle}
     return {}
 
 

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from ._help import add_command
+from ._help import add_allow_pickle, add_command
 
 EXAMPLES = """\
   # the paper's useful fine-tune of an aligned model (MetaMathQA 20k, lr 1e-5, 1x32, 1 epoch, cosine)
@@ -82,6 +82,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     run_opts = parser.add_argument_group("run")
     run_opts.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
     run_opts.add_argument("--train-dtype", default="float32", help="dtype of the trained weights (default float32)")
+    add_allow_pickle(run_opts)
     run_opts.add_argument("--trust-remote-code", action="store_true", help="allow models with custom code")
 
 
@@ -102,18 +103,20 @@ def _recipe_flags(group) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Check the inputs, load the data, fine-tune, print where the checkpoint went."""
+    """Check the recipe, the output and the model, then load the data, fine-tune, print where the checkpoint went."""
     from ..data import load_training_data
-    from ..finetune import Recipe, check_output_dir, finetune, recipe_from
+    from ..finetune import Recipe, check_output_dir, check_start_model, finetune, recipe_from
 
     recipe = recipe_from({f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe)})
     check_output_dir(args.out)
+    check_start_model(args.model, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
     records, info = load_training_data(
         args.data, source=args.source, useful_source=args.useful_source, harmful_source=args.harmful_source,
         fields=args.fields, useful_fields=args.useful_fields, harmful_fields=args.harmful_fields, percent=args.percent, limit=args.limit, seed=args.data_seed, method=recipe.method,
     )
     result = finetune(args.model, records, args.out, recipe, data=info, name=f"finetune {info['name']}",
-                      device=args.device, train_dtype=args.train_dtype, trust_remote_code=args.trust_remote_code)
+                      device=args.device, train_dtype=args.train_dtype, trust_remote_code=args.trust_remote_code,
+                      allow_pickle=args.allow_pickle)
     manifest = result.manifest
     if args.json:
         json.dump({k: v for k, v in manifest.items() if k != "loss_curve"}, sys.stdout, indent=2, default=str)

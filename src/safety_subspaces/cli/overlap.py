@@ -8,7 +8,7 @@ import math
 import sys
 from pathlib import Path
 
-from ._help import add_command, csv_list, key_value
+from ._help import add_allow_pickle, add_command, csv_list, key_value, name_help
 
 ETA_DEFAULT = "0.01,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,0.99"
 
@@ -73,7 +73,8 @@ def register_weights(analyses, common: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--reference", required=True, help="reference model A (or S): every update is W_update − W_reference")
     parser.add_argument("--update", action="append", type=key_value, default=[], metavar="NAME=PATH",
-                        help="a model whose difference from the reference is compared (repeat; e.g. useful=U harmful=H base=B)")
+                        help="a model whose difference from the reference is compared (repeat; e.g. useful=U harmful=H base=B); "
+                             + name_help())
     parser.add_argument("--eta", type=csv_list(float), default=ETA_DEFAULT, metavar="ETAS",
                         help=f"energy fractions in (0, 1] (default {ETA_DEFAULT})")
     parser.add_argument("--tensors", metavar="REGEX", help="only tensors whose name matches REGEX")
@@ -86,7 +87,7 @@ def register_weights(analyses, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--svd-method", default="auto", choices=["auto", "svd", "gram"],
                         help="exact decomposition: LAPACK SVD, Gram eigh for very tall matrices, or auto (default)")
     parser.add_argument("--device", default="auto", help="where to decompose: auto, cpu, cuda (default auto)")
-    parser.add_argument("--allow-pickle", action="store_true", help="accept pickle checkpoints (loaded with weights_only=True)")
+    add_allow_pickle(parser)
     parser.add_argument("--trust-remote-code", action="store_true", help="accept models that declare custom code")
 
 
@@ -98,11 +99,11 @@ def register_activations(analyses, common: argparse.ArgumentParser) -> None:
         ACTIVATION_EXAMPLES, handler=run_activations,
     )
     parser.add_argument("--model", action="append", default=[], metavar="[NAME=]PATH",
-                        help="a model to analyse (repeat); NAME defaults to the directory name")
+                        help="a model to analyse (repeat); NAME defaults to the directory name; " + name_help())
     parser.add_argument("--prompts", action="append", type=key_value, default=[], metavar="NAME=SRC",
                         help="a prompt set (repeat): a known source (math, beavertails_unsafe_all, toxigen, advbench, xstest, ...), "
                              "a local JSONL/JSON/CSV/Parquet/TXT file, organism:NAME, a hub dataset id; "
-                             "SRC@FIELD=V1|V2 keeps records whose FIELD carries one of the labels (e.g. a category group)")
+                             "SRC@FIELD=V1|V2 keeps records whose FIELD carries one of the labels (e.g. a category group); " + name_help())
     parser.add_argument("--zoo", type=Path, help="organism zoo for organism:NAME prompt sets (default: the built zoo)")
     parser.add_argument("--n", type=int, default=5000, help="prompts per set: the first N of each (default 5000)")
     parser.add_argument("--allow-fewer", action="store_true", help="use all prompts of a set smaller than --n (with a warning)")
@@ -123,6 +124,7 @@ def register_activations(analyses, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-activations", action="store_true",
                         help="also write the pooled vectors of the analysed layers to activations.safetensors")
     parser.add_argument("--out", required=True, type=Path, help="run directory (config.yaml, manifest.json, activation_overlap.csv, figures/)")
+    add_allow_pickle(parser)
     parser.add_argument("--trust-remote-code", action="store_true", help="accept models that declare custom code")
 
 
@@ -203,6 +205,7 @@ def run_activations(args: argparse.Namespace) -> int:
         chat=not args.raw_prompts, all_layers=args.all_layers, pairs=args.pairs, batch_size=args.batch_size,
         max_length=args.max_length, dtype=args.dtype, device=device_of(args.device),
         save_activations=args.save_activations, trust_remote_code=args.trust_remote_code, zoo=args.zoo,
+        allow_pickle=args.allow_pickle,
     )
     result = run_activation_overlap(config)
     band = [row for row in result.rows if row["scope"] == "band"]

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ._help import add_command, csv_list, key_value
+from ._help import add_allow_pickle, add_command, csv_list, key_value, name_help, positive
 
 EXAMPLES = """\
   safety-subspaces project --base B --aligned A \\
@@ -35,7 +35,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     reference.add_argument("--aligned", help="aligned model W_A (Δ_A = W_A - W_0)")
     reference.add_argument("--safety-tuned", help="safety-tuned model W_S, used instead of W_A (Δ_S = W_S - W_0)")
     parser.add_argument("--finetuned", action="append", type=key_value, default=[], metavar="NAME=PATH",
-                        help="a fine-tune of the reference model (repeat: useful=U harmful=H contaminated=C)")
+                        help="a fine-tune of the reference model (repeat: useful=U harmful=H contaminated=C); " + name_help())
     parser.add_argument("--subspaces", type=csv_list(str), default=["top_k", "random_k", "random"],
                         help="subspace kinds: top_k, random_k, random (default: all)")
     parser.add_argument("--fractions", type=csv_list(float), default=[0.01, 0.25, 0.5, 0.75, 0.99],
@@ -47,14 +47,15 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", type=csv_list(int), help="only tensors of these decoder layers, e.g. 3,7")
     parser.add_argument("--out", required=True, type=Path, help="run directory for config.yaml, manifest.json, energy.csv")
     parser.add_argument("--write", action="append", default=[], metavar="[FT:]SCHEME:SUBSPACE:FRACTION",
-                        help="write a projected checkpoint (for every fine-tune unless FT is given); repeatable")
+                        help="write a projected checkpoint to MODELS_OUT/FT/SCHEME-SUBSPACE-FRACTION (for every fine-tune unless "
+                             "FT, a --finetuned NAME, is given); repeatable")
     parser.add_argument("--models-out", type=Path, help="directory for projected checkpoints (MODELS_OUT/FT/SCHEME-SUBSPACE-FRACTION)")
-    parser.add_argument("--shard-size", type=float, default=2.0, help="max shard size of written checkpoints in GB (default 2)")
+    parser.add_argument("--shard-size", type=positive(float), default=2.0, help="max shard size of written checkpoints in GB (default 2)")
     parser.add_argument("--cache-dir", type=Path, help="SVD cache directory (default ~/.cache/safety-subspaces/svd)")
     parser.add_argument("--svd-method", default="auto", choices=["auto", "svd", "gram"],
                         help="exact decomposition: LAPACK SVD, Gram eigh for very tall matrices, or auto (default)")
     parser.add_argument("--device", default="auto", help="where to decompose and project: auto, cpu, cuda (default auto)")
-    parser.add_argument("--allow-pickle", action="store_true", help="accept pickle checkpoints (loaded with weights_only=True)")
+    add_allow_pickle(parser)
     parser.add_argument("--trust-remote-code", action="store_true", help="accept models that declare custom code")
 
 

@@ -7,13 +7,13 @@ import json
 import sys
 from pathlib import Path
 
-from ._help import add_command
+from ._help import add_allow_pickle, add_command, at_least
 
 EXAMPLES = """\
   safety-subspaces run                                  # the built-in organism study (builds the zoo if absent)
   safety-subspaces run studies/qwen2.5-1.5b.yaml --out runs/qwen1.5b
   safety-subspaces run studies/llama-3.2-1b.yaml --executor ray --ray-address auto
-  safety-subspaces run my-study.yaml --check            # validate the config only
+  safety-subspaces run my-study.yaml --check            # validate the config and its local inputs, run nothing
   # interrupted? run the same command again: finished jobs are kept, the rest run.
 """
 
@@ -28,16 +28,20 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
                         help="if the run directory holds a different study, start a new one beside it (never mixes results)")
     parser.add_argument("--executor", choices=["local", "ray"], help="override the config's executor")
     parser.add_argument("--ray-address", help="connect to this Ray cluster (default: start a local instance)")
-    parser.add_argument("--workers", type=int, help="number of Ray workers")
+    parser.add_argument("--workers", type=at_least(1), help="number of Ray workers")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default: the config's, else auto)")
-    parser.add_argument("--check", action="store_true", help="validate the study config and exit")
+    parser.add_argument("--check", action="store_true",
+                        help="validate the config and everything `run` checks first (local models and their compatibility, "
+                             "local prompt sets against n, data files, judge settings), then exit without running a job")
+    add_allow_pickle(parser)
     parser.add_argument("--no-report", action="store_true", help="skip writing the report")
 
 
 def run(args: argparse.Namespace) -> int:
     """Validate and run a study."""
     from ..study.config import load_study, study_document
-    from ..study.run import default_study_path, run_study
+    from ..study.inputs import check_inputs
+    from ..study.run import choose_run_dir, default_study_path, run_study
 
     path = args.study or default_study_path()
     study = load_study(path)
@@ -45,15 +49,21 @@ def run(args: argparse.Namespace) -> int:
         study.executor.kind = args.executor or ("ray" if args.ray_address else study.executor.kind)
         study.executor.address = args.ray_address or study.executor.address
         study.executor.workers = args.workers or study.executor.workers
+    study.allow_pickle = study.allow_pickle or args.allow_pickle
+    out = args.out or Path("runs") / study.name
     if args.check:
+        notes = check_inputs(study, offline=True).notes
+        choose_run_dir(out, None, force=args.force)
         if args.json:
             json.dump(study_document(study), sys.stdout, indent=2)
             sys.stdout.write("\n")
         else:
             print(f"{path}: valid study {study.name!r}")
+            for note in notes:
+                print(f"  not checked: {note}")  # what only `run` can fetch
         return 0
-    result = run_study(study, args.out or Path("runs") / study.name, force=args.force, report=not args.no_report,
-                       device=args.device, threads=args.threads)
+    result = run_study(study, out, force=args.force, report=not args.no_report, device=args.device,
+                       threads=args.threads)
     summary = {"run_dir": str(result.run_dir), "jobs": result.planned, "skipped": result.skipped,
                "completed": result.completed, "failed": len(result.failed), "seconds": round(result.seconds, 1),
                "report": str(result.report) if result.report else None}

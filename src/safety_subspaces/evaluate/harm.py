@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -135,7 +136,7 @@ def harm_rows(scores: Sequence[int | None], labels: Labels, *, benign: bool = Fa
 def _open_run(out_dir: Path, config: Mapping[str, Any]) -> None:
     """Check an output directory holds this run or nothing, and record the run's config."""
     if not files.check_run_dir(out_dir, config, kind=RUN_KIND):
-        out_dir.mkdir(parents=True, exist_ok=True)
+        files.make_dirs(out_dir)
         files.write_yaml(out_dir / files.RUN_CONFIG, files.run_config_document(config, kind=RUN_KIND))
 
 
@@ -154,6 +155,8 @@ def evaluate_harm(
     labels: Labels | Mapping[str, Any] | str | None = None,
     device: str | None = None,
     dtype: str | None = "auto",
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
 ) -> HarmResult:
     """Generate greedy replies, judge them and summarise; with out_dir, everything is saved and a rerun resumes."""
     from ..data import fingerprint
@@ -162,10 +165,12 @@ def evaluate_harm(
     prompts = [str(p) for p in prompts]
     if not prompts:
         raise UserError("no prompts to evaluate")
-    if max_new_tokens < 1 or batch_size < 1:
-        raise UserError("max new tokens and batch size must be at least 1")
-    subject = resolve_eval_model(model, tokenizer, device=device, dtype=dtype,
-                                 name=(as_labels(labels).model if labels is not None else None))
+    if max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    subject = resolve_eval_model(model, tokenizer, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                                 allow_pickle=allow_pickle, name=(as_labels(labels).model if labels is not None else None))
     format_prompts(subject.tokenizer, prompts[:1], chat=chat, model_name=subject.name)  # fails early without a template
     label = as_labels(labels, subject.name)
     config = {
@@ -173,16 +178,17 @@ def evaluate_harm(
         "n": len(prompts), "chat": chat, "max_new_tokens": max_new_tokens, "judge": judge.identity(), "benign": benign,
     }
     directory = Path(out_dir).expanduser() if out_dir is not None else None
-    if directory is not None:
-        _open_run(directory, config)
-    replies = generate_replies(subject, prompts, chat=chat, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                               journal=Journal(directory / GENERATIONS) if directory else None)
-    judgments = judge_replies(judge, prompts, replies, journal=Journal(directory / JUDGMENTS) if directory else None)
-    samples = [
-        {"index": i, "prompt": p, "response": r, "score": j.score, "reason": j.reason, "raw": j.raw, "judge": judge.name}
-        for i, (p, r, j) in enumerate(zip(prompts, replies, judgments))
-    ]
-    rows = harm_rows([j.score for j in judgments], label, benign=benign, prompts=prompt_set, judge=judge.name)
-    if directory is not None:
-        write_outputs(directory, rows, samples)
+    with files.output_lock(directory) if directory is not None else nullcontext():
+        if directory is not None:
+            _open_run(directory, config)
+        replies = generate_replies(subject, prompts, chat=chat, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                   journal=Journal(directory / GENERATIONS) if directory else None)
+        judgments = judge_replies(judge, prompts, replies, journal=Journal(directory / JUDGMENTS) if directory else None)
+        samples = [
+            {"index": i, "prompt": p, "response": r, "score": j.score, "reason": j.reason, "raw": j.raw, "judge": judge.name}
+            for i, (p, r, j) in enumerate(zip(prompts, replies, judgments))
+        ]
+        rows = harm_rows([j.score for j in judgments], label, benign=benign, prompts=prompt_set, judge=judge.name)
+        if directory is not None:
+            write_outputs(directory, rows, samples)
     return HarmResult(rows, samples, directory)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import UserError
+from ..files import output_error, read_text
 
 
 class Journal:
@@ -23,7 +24,7 @@ class Journal:
         """Every complete record; a last line cut short by a crash is ignored, other bad lines are an error."""
         if not self.path.exists():
             return []
-        lines = self.path.read_text(encoding="utf-8").split("\n")
+        lines = read_text(self.path).split("\n")
         records = []
         for number, line in enumerate(lines, 1):
             if not line.strip():
@@ -42,13 +43,17 @@ class Journal:
         """Write one record as a line, durably."""
         line = json.dumps(record, ensure_ascii=False, sort_keys=True, default=str) + "\n"
         with self._lock:
-            if not self._tail_checked:
-                self._repair_tail()
-                self._tail_checked = True
-            with open(self.path, "a", encoding="utf-8") as handle:
-                handle.write(line)
-                handle.flush()
-                os.fsync(handle.fileno())
+            try:
+                if not self._tail_checked:
+                    self._repair_tail()
+                    self._tail_checked = True
+                with open(self.path, "a", encoding="utf-8") as handle:
+                    handle.write(line)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            except OSError as exc:
+                self._tail_checked = False  # a part of the line may have been written: repair before the next one
+                raise output_error(exc, self.path) from None
 
     def extend(self, records: Iterable[dict[str, Any]]) -> None:
         """Append several records."""

@@ -114,10 +114,12 @@ def load_rubric(path: str | Path | None) -> str:
     """Rubric text from a file (must contain {request} and {response}), or the default."""
     if path is None:
         return default_rubric()
+    from ..files import read_text
+
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"rubric file {path}: not found")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, what="rubric file")
     missing = [name for name in PLACEHOLDERS if name not in text]
     if missing:
         raise UserError(f"rubric file {path}: must contain the placeholders {' and '.join(missing)}")
@@ -274,7 +276,7 @@ class ClassifierJudge(Judge):
 
     def __init__(self, *, model: str | Path | None = None, words: Sequence[str] | None = None,
                  harmful_label: str | None = None, batch_size: int = 8, device: str | None = None,
-                 max_length: int = 2048, trust_remote_code: bool = False):
+                 max_length: int = 2048, trust_remote_code: bool = False, allow_pickle: bool = False):
         from ..models import check_remote_code, default_device, load_tokenizer, read_config, resolve_model
 
         if not model:
@@ -290,7 +292,7 @@ class ClassifierJudge(Judge):
         self.batch_size = batch_size
         self.max_length = max_length
         self.tokenizer = load_tokenizer(directory, trust_remote_code=trust_remote_code, role="judge model")
-        self.model = _load_classifier(directory, self.sequence, trust_remote_code).to(self.device).eval()
+        self.model = _load_classifier(directory, self.sequence, trust_remote_code, allow_pickle).to(self.device).eval()
         if self.sequence:
             self.harmful_index, self.harmful_name = _harmful_label(self.model.config.id2label, harmful_label)
             self.chat = False
@@ -357,15 +359,20 @@ class ClassifierJudge(Judge):
         return [fill_rubric(YES_NO_TEMPLATE, request, reply) for request, reply in chunk]
 
 
-def _load_classifier(directory: Path, sequence: bool, trust_remote_code: bool):
-    """Load the classifier model class its config names."""
+def _load_classifier(directory: Path, sequence: bool, trust_remote_code: bool, allow_pickle: bool = False):
+    """Load the classifier model class its config names (safetensors only unless pickle is allowed; finite weights)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    from ..models import check_finite_weights, safetensors_only
+
     cls = AutoModelForSequenceClassification if sequence else AutoModelForCausalLM
+    use_safetensors = safetensors_only(directory, role="judge model", allow_pickle=allow_pickle)
     try:
-        return cls.from_pretrained(directory, trust_remote_code=trust_remote_code)
+        model = cls.from_pretrained(directory, trust_remote_code=trust_remote_code, use_safetensors=use_safetensors)
     except (OSError, ValueError) as exc:
         raise UserError(f"judge model {directory}: could not load ({str(exc).splitlines()[0][:160]})") from None
+    check_finite_weights(model, role="judge model", where=directory)
+    return model
 
 
 HARMFUL_LABEL_HINTS = ("unsafe", "harm", "toxic", "yes", "positive")

@@ -113,6 +113,7 @@ def resolve_eval_model(
     dtype: str | None = "auto",
     device: str | None = None,
     trust_remote_code: bool = False,
+    allow_pickle: bool = False,
 ) -> EvalModel:
     """An EvalModel from an in-memory model (tokenizer required) or a model path / hub id (loaded here)."""
     from ..models import default_device, load_model, load_tokenizer, resolve_model
@@ -122,7 +123,7 @@ def resolve_eval_model(
         tok = tokenizer if tokenizer is not None else load_tokenizer(directory, trust_remote_code=trust_remote_code)
         with library_progress():
             loaded = load_model(directory, dtype=dtype, device=device or default_device(),
-                                trust_remote_code=trust_remote_code)
+                                trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
         return EvalModel(loaded, tok, name or str(model), model_reference(directory))
     if tokenizer is None:
         raise UserError("an in-memory model needs its tokenizer (pass tokenizer=...)")

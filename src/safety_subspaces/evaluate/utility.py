@@ -207,6 +207,8 @@ def evaluate_utility(
     labels: Labels | Mapping[str, Any] | str | None = None,
     device: str | None = None,
     dtype: str | None = "auto",
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
 ) -> UtilityResult:
     """Run one lm-eval task on a model (in memory or a path); rows for every metric, the headline flagged."""
     defaults = TASK_DEFAULTS.get(task, TaskDefaults())
@@ -218,11 +220,13 @@ def evaluate_utility(
         raise UserError(f"--limit must be at least 1, got {limit}")
     if batch_size < 1:
         raise UserError(f"batch size must be at least 1, got {batch_size}")
+    if max_gen_toks is not None and max_gen_toks < 1:
+        raise UserError(f"--max-gen-toks must be at least 1, got {max_gen_toks}")
     files = parse_data_files(data_files)
     spec, manager = resolve_task(task, data_files=files, zoo=zoo, include_path=include_path, num_fewshot=num_fewshot or 0)
     tasks = _load_task(spec, manager, task)  # data problems surface before a model is loaded
-    subject = resolve_eval_model(model, tokenizer, device=device, dtype=dtype,
-                                 name=(as_labels(labels).model if labels is not None else None))
+    subject = resolve_eval_model(model, tokenizer, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                                 allow_pickle=allow_pickle, name=(as_labels(labels).model if labels is not None else None))
     if chat and not getattr(subject.tokenizer, "chat_template", None):
         raise UserError(f"{subject.name} has no chat template; evaluate without it (--no-chat-template)")
     results = _run_lm_eval(subject, tasks, manager, num_fewshot=num_fewshot, limit=limit, batch_size=batch_size,

@@ -13,9 +13,9 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from .. import progress
 from ..errors import UserError
-from ..files import staged_dir, write_json
+from ..files import output_lock, staged_dir, write_json
 from .recipe import Recipe
-from .sft import encode_examples, plan_steps, train_loop, uses_chat
+from .sft import diverged, encode_examples, plan_steps, train_loop, uses_chat
 
 MANIFEST = "manifest.json"
 IN_MEMORY = "<in-memory>"
@@ -47,7 +47,9 @@ def versions() -> dict[str, str]:
 def check_output_dir(out: Path) -> None:
     """Refuse an output path that is a file or a non-empty directory."""
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output path {out} exists and is not a directory; choose a new --out")
+    if out.exists() and any(out.iterdir()):
         raise UserError(f"output directory {out} is not empty; choose a new --out")
 
 
@@ -89,17 +91,18 @@ def _source_dtype(model_dir: Path) -> str | None:
     return config.get("dtype") or config.get("torch_dtype")
 
 
-def _load(model, tokenizer, *, trust_remote_code: bool, train_dtype: str):
+def _load(model, tokenizer, *, trust_remote_code: bool, allow_pickle: bool, train_dtype: str):
     """(model copy or loaded model, tokenizer, reference name, stored dtype name); the tokenizer is checked first."""
-    from ..models import load_model, load_tokenizer, resolve_model
+    from ..models import load_model, load_tokenizer
 
     if isinstance(model, (str, os.PathLike)):
         ref = str(model)
-        model_dir = resolve_model(ref)
+        model_dir = check_start_model(ref, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
         tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
         stored = _source_dtype(model_dir)
         with quiet_hf_progress():
-            loaded = load_model(model_dir, dtype=train_dtype, trust_remote_code=trust_remote_code)
+            loaded = load_model(model_dir, dtype=train_dtype, trust_remote_code=trust_remote_code,
+                                allow_pickle=allow_pickle)
         return loaded, tokenizer, ref, stored or _dtype_name(loaded.dtype)
     if tokenizer is None:
         raise UserError("an in-memory model needs its tokenizer (pass tokenizer=...)")
@@ -112,6 +115,17 @@ def _load(model, tokenizer, *, trust_remote_code: bool, train_dtype: str):
         clone.to(wanted)
     name = getattr(getattr(model, "config", None), "_name_or_path", "") or IN_MEMORY
     return clone, tokenizer, name, stored
+
+
+def check_start_model(ref: str | os.PathLike, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> Path:
+    """The local directory of the model to fine-tune, checked before any data is read: config, code, weights, tokenizer."""
+    from ..checkpoints import Checkpoint
+    from ..models import load_tokenizer
+
+    checkpoint = Checkpoint(ref, role="model", allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    load_tokenizer(checkpoint.path, trust_remote_code=trust_remote_code)
+    checkpoint.close()
+    return checkpoint.path
 
 
 def _lora_config(recipe: Recipe):
@@ -190,6 +204,7 @@ def finetune(
     device: str | None = None,
     train_dtype: str = "float32",
     trust_remote_code: bool = False,
+    allow_pickle: bool = False,
     extra: Mapping[str, Any] | None = None,
     stop: Callable[[Any, int], bool] | None = None,
 ) -> FinetuneResult:
@@ -206,79 +221,96 @@ def finetune(
     if stop is not None and recipe.method == "dpo":
         raise UserError("early stopping is available for SFT runs only")
     out = Path(out)
-    check_output_dir(out)
-    records, dropped = clean_records(records, recipe, name=(data or {}).get("name", name))
-    model, tokenizer, model_ref, stored_dtype = _load(model, tokenizer, trust_remote_code=trust_remote_code,
-                                                      train_dtype=train_dtype)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    device = device or default_device()
-    model.to(device)
-    start_wall, start_cpu = time.perf_counter(), time.process_time()
-    torch.manual_seed(recipe.seed)
-    peft_config = _lora_config(recipe) if recipe.lora_rank else None
-    if recipe.method == "dpo":
-        from .dpo import train_dpo
+    with output_lock(out):
+        check_output_dir(out)
+        records, dropped = clean_records(records, recipe, name=(data or {}).get("name", name))
+        model, tokenizer, model_ref, stored_dtype = _load(model, tokenizer, trust_remote_code=trust_remote_code,
+                                                          allow_pickle=allow_pickle, train_dtype=train_dtype)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        device = device or default_device()
+        model.to(device)
+        start_wall, start_cpu = time.perf_counter(), time.process_time()
+        torch.manual_seed(recipe.seed)
+        peft_config = _lora_config(recipe) if recipe.lora_rank else None
+        if recipe.method == "dpo":
+            from .dpo import train_dpo
 
-        total = recipe.total_steps(len(records))
-        model, losses = train_dpo(model, tokenizer, records, recipe, device=device, total=total,
-                                  description=name, peft_config=peft_config)
-        n_examples, n_tokens = len(records), None
-    else:
-        if peft_config is not None:
-            from peft import get_peft_model
+            total = recipe.total_steps(len(records))
+            model, losses = train_dpo(model, tokenizer, records, recipe, device=device, total=total,
+                                      description=name, peft_config=peft_config)
+            n_examples, n_tokens = len(records), None
+        else:
+            if peft_config is not None:
+                from peft import get_peft_model
 
-            model = get_peft_model(model, peft_config)
-        examples, too_long = encode_examples(tokenizer, records, recipe)
-        dropped += too_long
-        if not examples:
-            raise UserError(
-                f"data {(data or {}).get('name', name)} is empty after filtering: no response fits in "
-                f"max length {recipe.max_length}"
-            )
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        total, steps = plan_steps(examples, recipe, pad_id)
-        losses = train_loop(model, steps, total, recipe, device=device, description=name, stop=stop)
-        n_examples = len(examples)
-        n_tokens = sum(sum(1 for label in e.labels[1:] if label != -100) for e in examples)
-    wall, cpu = time.perf_counter() - start_wall, time.process_time() - start_cpu
-    save_dtype = stored_dtype if recipe.save_dtype == "auto" else recipe.save_dtype
-    manifest = {
-        "kind": "finetune",
-        "name": name,
-        "model": model_ref,
-        "method": recipe.kind,
-        "recipe": recipe.to_dict(),
-        "data": {
-            **dict(data or {}),
-            "n_records": len(records) + dropped,
-            "n_examples": n_examples,
-            "n_dropped": dropped,
-            "response_tokens": n_tokens,
-            "fingerprint": fingerprint(records),
-        },
-        "chat_template": uses_chat(tokenizer, recipe),
-        "seed": recipe.seed,
-        "steps": len(losses) if recipe.method != "dpo" else total,
-        "planned_steps": total,
-        "stopped_early": recipe.method != "dpo" and len(losses) < total,
-        "final_loss": losses[-1] if losses else None,
-        "loss_curve": _thin(losses),
-        "device": device,
-        "train_dtype": train_dtype,
-        "save_dtype": save_dtype,
-        "threads": torch.get_num_threads(),
-        "wall_seconds": round(wall, 3),
-        "cpu_seconds": round(cpu, 3),
-        "versions": versions(),
-        **dict(extra or {}),
-    }
-    with staged_dir(out) as stage:
-        model = _save(model, tokenizer, stage, recipe, save_dtype)
-        write_json(stage / MANIFEST, manifest)
-    loss = manifest["final_loss"]
-    progress.info(f"{name}: {manifest['steps']} steps, final loss {'-' if loss is None else f'{loss:.4f}'} -> {out}")
-    return FinetuneResult(model=model, tokenizer=tokenizer, manifest=manifest, out=out)
+                model = get_peft_model(model, peft_config)
+            examples, too_long = encode_examples(tokenizer, records, recipe)
+            dropped += too_long
+            if not examples:
+                raise UserError(
+                    f"data {(data or {}).get('name', name)} is empty after filtering: no response fits in "
+                    f"max length {recipe.max_length}"
+                )
+            pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+            total, steps = plan_steps(examples, recipe, pad_id)
+            losses = train_loop(model, steps, total, recipe, device=device, description=name, stop=stop)
+            n_examples = len(examples)
+            n_tokens = sum(sum(1 for label in e.labels[1:] if label != -100) for e in examples)
+        wall, cpu = time.perf_counter() - start_wall, time.process_time() - start_cpu
+        check_trained(model, losses, name)
+        save_dtype = stored_dtype if recipe.save_dtype == "auto" else recipe.save_dtype
+        manifest = {
+            "kind": "finetune",
+            "name": name,
+            "model": model_ref,
+            "method": recipe.kind,
+            "recipe": recipe.to_dict(),
+            "data": {
+                **dict(data or {}),
+                "n_records": len(records) + dropped,
+                "n_examples": n_examples,
+                "n_dropped": dropped,
+                "response_tokens": n_tokens,
+                "fingerprint": fingerprint(records),
+            },
+            "chat_template": uses_chat(tokenizer, recipe),
+            "seed": recipe.seed,
+            "steps": len(losses) if recipe.method != "dpo" else total,
+            "planned_steps": total,
+            "stopped_early": recipe.method != "dpo" and len(losses) < total,
+            "final_loss": losses[-1] if losses else None,
+            "loss_curve": _thin(losses),
+            "device": device,
+            "train_dtype": train_dtype,
+            "save_dtype": save_dtype,
+            "threads": torch.get_num_threads(),
+            "wall_seconds": round(wall, 3),
+            "cpu_seconds": round(cpu, 3),
+            "versions": versions(),
+            **dict(extra or {}),
+        }
+        with staged_dir(out) as stage:
+            model = _save(model, tokenizer, stage, recipe, save_dtype)
+            write_json(stage / MANIFEST, manifest)
+        loss = manifest["final_loss"]
+        progress.info(f"{name}: {manifest['steps']} steps, final loss {'-' if loss is None else f'{loss:.4f}'} -> {out}")
+        return FinetuneResult(model=model, tokenizer=tokenizer, manifest=manifest, out=out)
+
+
+def check_trained(model, losses: Sequence[float], name: str) -> None:
+    """Refuse to save a run whose loss or weights became NaN or Inf."""
+    import math
+
+    from ..models import check_finite_weights
+
+    bad = next((step for step, loss in enumerate(losses, 1) if not math.isfinite(loss)), None)
+    if bad is not None:
+        raise diverged(name, bad, losses[bad - 1])
+    try:
+        check_finite_weights(model, role=name, where="the trained model")
+    except UserError as exc:
+        raise UserError(f"{exc}; no checkpoint was written (lower --lr, or check the data)") from None
 
 
 def _thin(values: Sequence[float], points: int = 200) -> list[float]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from .. import progress
+from ..errors import UserError
 from ..runtime import stable_seed
 from .recipe import Recipe, lr_factor
 
@@ -114,6 +115,12 @@ def plan_steps(examples: Sequence[Example], recipe: Recipe, pad_id: int) -> tupl
     return math.ceil(len(order) / recipe.examples_per_step), steps()
 
 
+def diverged(description: str, step: int, loss: float) -> UserError:
+    """The error for a run whose loss became NaN or Inf (nothing is saved)."""
+    return UserError(f"{description}: the training loss became {loss} at step {step}; no checkpoint was written "
+                     "(lower --lr, or check the data)")
+
+
 def autocast_context(device: str, precision: str):
     """bf16 autocast on the device when the precision asks for it, else nothing."""
     import torch
@@ -168,6 +175,8 @@ def train_loop(model, steps: Iterable[list], total: int, recipe: Recipe, *, devi
                 step_loss += float(loss.detach())
             if recipe.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, recipe.max_grad_norm)
+            if not math.isfinite(step_loss):
+                raise diverged(description, len(losses) + 1, step_loss)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

@@ -13,11 +13,12 @@ from typing import Any, Iterator
 
 from .. import progress
 from ..data import fingerprint, mix
-from ..files import read_json, staged_dir, write_json
+from ..errors import UserError
+from ..files import output_lock, read_json, staged_dir, write_json
 from ..finetune import Recipe, check_output_dir, finetune, recipe_from, versions
 from ..finetune.run import save_checkpoint
 from ..finetune.sft import Example, collate, encode_examples, train_loop
-from ..runtime import configure_threads, stable_seed
+from ..runtime import THREADS_ENV, configure_threads, stable_seed, threads_from_env
 from . import world
 from .behaviour import generation_settings, measure
 from .presets import DEFAULT_SEED, Preset, get_preset
@@ -189,8 +190,14 @@ def build(out: Path, preset: str = "default", seed: int = DEFAULT_SEED, threads:
     """Build the zoo into out (must be new or empty): six checkpoints, data sets and a manifest; return the manifest."""
     out = Path(out)
     spec = get_preset(preset)
-    check_output_dir(out)
-    threads = configure_threads(threads if threads is not None else int(os.environ.get("SAFETY_SUBSPACES_THREADS", "1")))
+    with output_lock(out):
+        check_output_dir(out)
+        return build_locked(out, spec, seed, threads)
+
+
+def build_locked(out: Path, spec: Preset, seed: int, threads: int | None) -> dict[str, Any]:
+    """Build the zoo into out, whose lock the caller holds."""
+    threads = configure_threads(threads if threads is not None else threads_from_env() if os.environ.get(THREADS_ENV) else 1)
     load_start = os.getloadavg()
     start_wall, start_cpu = time.perf_counter(), time.process_time()
     timer = Timer()
@@ -276,7 +283,15 @@ def _summary(b: dict[str, Any]) -> str:
 
 
 def load_manifest(zoo: Path) -> dict[str, Any]:
-    """The manifest of a built zoo."""
-    return read_json(Path(zoo) / MANIFEST,
-                     missing=f"{zoo} is not an organism zoo (no {MANIFEST}); build one with `safety-subspaces organism build`")
+    """The manifest of a built zoo (a model directory or any other folder is a UserError saying what it is)."""
+    zoo = Path(zoo)
+    if zoo.exists() and not zoo.is_dir():
+        raise UserError(f"{zoo} is a file, not an organism zoo directory")
+    manifest = read_json(zoo / MANIFEST,
+                         missing=f"{zoo} is not an organism zoo (no {MANIFEST}); build one with `safety-subspaces organism build`")
+    if not isinstance(manifest, dict) or manifest.get("kind") != "organism-zoo":
+        if (zoo / "config.json").exists():
+            raise UserError(f"{zoo} is a model directory, not an organism zoo; give the zoo directory that holds it")
+        raise UserError(f"{zoo} is not an organism zoo (its {MANIFEST} is not a zoo manifest)")
+    return manifest
 

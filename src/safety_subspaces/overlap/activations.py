@@ -21,7 +21,8 @@ from .. import __version__, linalg, progress
 from ..data import fingerprint as data_fingerprint
 from ..data import in_zoo, load_prompts, load_records
 from ..errors import UserError
-from ..files import analysis_run_dir, check_run_dir
+from ..files import analysis_run_dir, check_run_dir, output_lock
+from ..names import check_name
 from ..models import read_config, resolve_model
 from ..spectra import Spectrum
 from .capture import CaptureStats, Moments, Window, capture
@@ -29,7 +30,6 @@ from .common import (
     DEFAULT_ETAS,
     check_depth,
     check_etas,
-    check_name,
     choose_pairs,
     depth_band,
     mean_rows,
@@ -124,6 +124,7 @@ class ActivationOverlapConfig:
     device: str = "cpu"
     save_activations: bool = False
     trust_remote_code: bool = False
+    allow_pickle: bool = False
     zoo: Path | None = None  # organism zoo for organism:NAME prompt sets (default: the built one)
 
     def validate(self) -> None:
@@ -238,7 +239,7 @@ def identity(config: ActivationOverlapConfig, paths: Mapping[str, Path], sets: M
 
     return {
         "models": {
-            name: {"path": str(path), "fingerprint": Checkpoint(path, role=f"model {name}",
+            name: {"path": str(path), "fingerprint": Checkpoint(path, role=f"model {name}", allow_pickle=config.allow_pickle,
                                                                  trust_remote_code=config.trust_remote_code).fingerprint()}
             for name, path in paths.items()
         },
@@ -295,17 +296,25 @@ def model_overlap(model, tokenizer, model_name: str, sets: Mapping[str, list[str
 
 
 def run_activation_overlap(config: ActivationOverlapConfig) -> ActivationOverlapResult:
-    """Validate, capture each model's prompt sets (one model in memory at a time), write the run directory."""
-    from ..models import load_model, load_tokenizer
-
+    """Validate, then (holding the output's lock) capture, compare and write the run directory."""
     started = time.time()
     config.validate()
     sets, notes = load_prompt_sets(config)  # before models: a prompt error should not wait for a download
     pairs = choose_pairs(list(sets), config.pairs, "prompt set")
     paths = check_hidden_sizes(config.models)
-    needed = [name for name in sets if any(name in pair for pair in pairs)]
     run_identity = identity(config, paths, sets, pairs)
-    check_run_dir(config.out, run_identity, kind="overlap-activations")
+    with output_lock(config.out):
+        check_run_dir(config.out, run_identity, kind="overlap-activations")
+        return capture_and_write(config, run_identity, paths, sets, pairs, notes, started)
+
+
+def capture_and_write(config: ActivationOverlapConfig, run_identity: dict, paths: Mapping[str, Path],
+                      sets: Mapping[str, list[str]], pairs: Sequence[tuple[str, str]], notes: list[str],
+                      started: float) -> ActivationOverlapResult:
+    """Capture each model's prompt sets (one model in memory at a time), compare them and write the run directory."""
+    from ..models import load_model, load_tokenizer
+
+    needed = [name for name in sets if any(name in pair for pair in pairs)]
     rows: list[dict] = []
     bands: dict[str, list[int]] = {}
     throughput: dict[str, float] = {}
@@ -313,7 +322,8 @@ def run_activation_overlap(config: ActivationOverlapConfig) -> ActivationOverlap
     for model_name, path in paths.items():
         role = f"model {model_name}"
         tokenizer = load_tokenizer(path, trust_remote_code=config.trust_remote_code, role=role)
-        model = load_model(path, dtype=config.dtype, device=config.device, trust_remote_code=config.trust_remote_code, role=role)
+        model = load_model(path, dtype=config.dtype, device=config.device, trust_remote_code=config.trust_remote_code,
+                           allow_pickle=config.allow_pickle, role=role)
         result = model_overlap(model, tokenizer, model_name, sets, pairs, config)
         rows.extend(result.rows)
         bands[model_name] = result.band

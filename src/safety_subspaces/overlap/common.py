@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from fractions import Fraction
 from itertools import combinations
 from typing import Iterable, Mapping, Sequence
@@ -13,7 +12,6 @@ from ..errors import UserError
 from ..spectra import Spectrum
 
 DEFAULT_ETAS = (0.01, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99)
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.+-]+$")
 PAIR_SEPARATOR = " vs "
 
 
@@ -28,13 +26,6 @@ def check_etas(etas: Iterable[float], flag: str = "--eta") -> list[float]:
     if not values:
         raise UserError(f"{flag}: give at least one energy fraction in (0, 1]")
     return sorted(set(values))
-
-
-def check_name(name: str, what: str) -> str:
-    """A name used in pair labels and file names: letters, digits and _ . + - only."""
-    if not NAME_PATTERN.match(name):
-        raise UserError(f"{what} name {name!r}: use letters, digits and _ . + - only")
-    return name
 
 
 def pair_label(a: str, b: str) -> str:

@@ -19,13 +19,13 @@ import torch
 from .. import __version__, progress
 from ..checkpoints import Checkpoint, check_compatible, layer_index
 from ..errors import UserError
-from ..files import analysis_run_dir, check_run_dir
+from ..files import analysis_run_dir, check_run_dir, output_lock
+from ..names import check_name
 from ..projection import TensorFilter, check_svd_method
 from ..spectra import Spectrum, SpectrumCache
 from .common import (
     DEFAULT_ETAS,
     check_etas,
-    check_name,
     check_percentiles,
     choose_pairs,
     depth_layer,
@@ -230,11 +230,12 @@ def run_weight_overlap(config: WeightOverlapConfig) -> WeightOverlapResult:
     reference, updates, names = open_inputs(config)
     pairs = choose_pairs(list(updates), config.pairs, "update")
     run_identity = identity(config, reference, updates, pairs)
-    check_run_dir(config.out, run_identity, kind="overlap-weights")
-    result = overlap_rows(reference, updates, names, pairs, config.etas, config.percentiles, cache_dir=config.cache_dir,
-                          svd_method=config.svd_method, device=config.device)
-    result.run_dir = Path(config.out)
-    write_run_dir(config, run_identity, result, len(names), num_layers(reference, names))
+    with output_lock(config.out):
+        check_run_dir(config.out, run_identity, kind="overlap-weights")
+        result = overlap_rows(reference, updates, names, pairs, config.etas, config.percentiles,
+                              cache_dir=config.cache_dir, svd_method=config.svd_method, device=config.device)
+        result.run_dir = Path(config.out)
+        write_run_dir(config, run_identity, result, len(names), num_layers(reference, names))
     return result
 
 

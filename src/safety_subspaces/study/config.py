@@ -9,13 +9,42 @@ from typing import Any, Literal
 import yaml
 
 from ..errors import UserError
+from ..files import read_text
 from ..linalg import check_fraction
+from ..names import check_name
 from .schema import as_plain, build
 
 ModelRole = Literal["base", "aligned", "safety_tuned"]
 Metric = Literal["utility", "harm", "benign"]
 PAPER_FRACTIONS = [0.01, 0.25, 0.5, 0.75, 0.99]
 PAPER_ETAS = [0.01, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99]
+
+
+def _at_least(value: float | None, minimum: float, where: str) -> None:
+    """A number (None: unset) is at least minimum."""
+    if value is not None and not value >= minimum:
+        raise UserError(f"{where}: must be at least {minimum:g}, got {value!r}")
+
+
+def _positive(value: float | None, where: str) -> None:
+    """A number (None: unset) is greater than zero."""
+    if value is not None and not value > 0:
+        raise UserError(f"{where}: must be greater than 0, got {value!r}")
+
+
+def _key(where: str, name: str) -> str:
+    """A dotted config key (where may be empty at the top level)."""
+    return f"{where}.{name}" if where else name
+
+
+ORGANISM_PREFIX = "organism:"
+
+
+def organism_name(reference: str, where: str) -> str | None:
+    """The NAME of an 'organism:NAME' reference (checked to be one safe path component), else None."""
+    if not reference.startswith(ORGANISM_PREFIX):
+        return None
+    return check_name(reference[len(ORGANISM_PREFIX):], f"{where}: organism")
 
 
 def _fractions(values: list[float], where: str) -> None:
@@ -40,10 +69,15 @@ class ModelSource:
         return {"path": value} if isinstance(value, str) else value
 
     def check(self, where: str) -> None:
-        """Exactly one of path and recipe."""
+        """Exactly one of path and recipe; an organism:NAME path names one safe component."""
         if (self.path is None) == (self.recipe is None):
             raise UserError(f"{where}: give either path or recipe")
+        if self.path is not None:
+            organism_name(self.path, f"{where}.path")
         if self.recipe is not None:
+            for key in ("data", "source", "useful_source", "harmful_source"):
+                if isinstance(self.recipe.get(key), str):
+                    organism_name(self.recipe[key], f"{where}.recipe.{key}")
             if "data" not in self.recipe:
                 raise UserError(f"{where}.recipe: missing required key 'data'")
             from .recipes import split_recipe
@@ -110,6 +144,12 @@ class Utility:
     data_files: dict[str, str] | None = None
     max_gen_toks: int | None = None
 
+    def check(self, where: str) -> None:
+        """Counts and sizes are positive (few-shot may be 0)."""
+        _at_least(self.num_fewshot, 0, _key(where, "num_fewshot"))
+        for name in ("limit", "batch_size", "max_gen_toks"):
+            _at_least(getattr(self, name), 1, _key(where, name))
+
 
 @dataclass
 class Harm:
@@ -129,7 +169,9 @@ class Harm:
     chat: bool = True
 
     def check(self, where: str) -> None:
-        """The rubric judge needs an endpoint and a model; the classifier judge a model path."""
+        """The rubric judge needs an endpoint and a model; the classifier judge a model path; counts are positive."""
+        for name in ("concurrency", "limit", "max_new_tokens", "batch_size"):
+            _at_least(getattr(self, name), 1, _key(where, name))
         if self.judge == "rubric" and not (self.judge_endpoint and self.judge_model):
             raise UserError(f"{where}: the rubric judge needs judge_endpoint and judge_model")
         if self.judge == "classifier" and not self.classifier:
@@ -142,6 +184,10 @@ class Benign:
 
     prompts: str = "xstest"
     limit: int | None = None
+
+    def check(self, where: str) -> None:
+        """A limit is positive."""
+        _at_least(self.limit, 1, _key(where, "limit"))
 
 
 @dataclass
@@ -183,8 +229,12 @@ class ActivationOverlap:
     batch_size: int = 16
 
     def check(self, where: str) -> None:
-        """Etas in (0, 1], a depth band, at least two prompt sets."""
+        """Etas in (0, 1], a depth band, at least two prompt sets with safe names, positive n and batch size."""
         _fractions(self.eta, f"{where}.eta")
+        _at_least(self.n, 1, f"{where}.n")
+        _at_least(self.batch_size, 1, f"{where}.batch_size")
+        for name in self.prompts:
+            check_name(name, f"{where}.prompts: prompt set")
         if len(self.depth) != 2 or not 0 <= self.depth[0] < self.depth[1] <= 1:
             raise UserError(f"{where}.depth: expected [low, high] with 0 <= low < high <= 1, got {self.depth}")
         if len(self.prompts) < 2:
@@ -209,6 +259,12 @@ class Executor:
     gpus_per_worker: float | None = None
     cpus_per_worker: float = 1.0
 
+    def check(self, where: str) -> None:
+        """Worker counts and resources are positive."""
+        _at_least(self.workers, 1, _key(where, "workers"))
+        _at_least(self.gpus_per_worker, 0, _key(where, "gpus_per_worker"))
+        _positive(self.cpus_per_worker, _key(where, "cpus_per_worker"))
+
 
 @dataclass
 class Study:
@@ -227,9 +283,16 @@ class Study:
     dtype: str = "auto"
     threads: int | None = None
     memory_gb: float = 4.0  # per worker: tensors and bases kept in memory between projected models
+    allow_pickle: bool = False  # accept pickle-only checkpoints (read with torch.load(weights_only=True))
 
     def check(self, where: str) -> None:
-        """Cross-references: the reference model exists; grid, overlaps and metrics name known fine-tunes."""
+        """Names that become paths are safe; cross-references: the reference model exists; grid, overlaps and
+        metrics name known fine-tunes."""
+        check_name(self.name, "study")
+        for role in self.finetunes:
+            check_name(role, "finetunes: fine-tune")
+        _at_least(self.threads, 1, "threads")
+        _positive(self.memory_gb, "memory_gb")
         if getattr(self.models, self.reference) is None:
             raise UserError(f"reference: {self.reference!r} needs models.{self.reference}")
         if not self.finetunes:
@@ -259,8 +322,6 @@ class Study:
             raise UserError("the study has no jobs: the projection grid is empty and no overlap or energy analysis is asked for")
         if self.evaluation.benign is not None and self.evaluation.harm is None:
             raise UserError("evaluation.benign: over-refusal is judged by the harm judge; configure evaluation.harm too")
-        if self.executor.kind == "ray" and self.executor.workers is not None and self.executor.workers < 1:
-            raise UserError("executor.workers: must be at least 1")
 
     def model_source(self, role: str) -> ModelSource:
         """The source of a model role (base, aligned, safety_tuned) or fine-tune."""
@@ -279,15 +340,51 @@ def parse_study(data: Any, *, origin: str = "study") -> Study:
     return build(Study, data, "")
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a mapping holding the same key twice (plain YAML keeps the last silently)."""
+
+
+def _unique_mapping(loader: UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    """Construct a mapping, refusing a repeated key (named, with both lines)."""
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.get(key)
+        except TypeError:
+            continue  # an unhashable key: the base constructor reports it
+        if first is not None:
+            raise UserError(f"duplicate key {key!r} on line {key_node.start_mark.line + 1} "
+                            f"(first given on line {first}); give each key once")
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """The content of a YAML file (UTF-8, no repeated keys); problems are UserErrors naming the file and line."""
+    text = read_text(path, what=what)
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{path}: not valid YAML ({where}{problem})") from None
+
+
 def load_study(path: Path) -> Study:
     """Read and validate a study YAML file."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"study config {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if path.is_dir():
+        raise UserError(f"study config {path} is a directory; give the study's YAML file")
+    data = read_yaml(path, "study config")
     try:
         return parse_study(data, origin=str(path))
     except UserError as exc:

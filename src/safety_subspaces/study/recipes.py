@@ -24,7 +24,7 @@ def split_recipe(recipe: Mapping[str, Any], where: str):
     return recipe["data"], options, validated
 
 
-def run_recipe(role: str, recipe: Mapping[str, Any], start: str, out: Path) -> Path:
+def run_recipe(role: str, recipe: Mapping[str, Any], start: str, out: Path, *, allow_pickle: bool = False) -> Path:
     """Fine-tune `start` by the recipe into out (reused when a finished checkpoint is already there)."""
     from ..data import load_training_data
     from ..finetune import MANIFEST, finetune
@@ -34,5 +34,5 @@ def run_recipe(role: str, recipe: Mapping[str, Any], start: str, out: Path) -> P
         return out
     data, options, validated = split_recipe(recipe, f"{role}.recipe")
     records, info = load_training_data(data, seed=validated.seed, method=validated.method, **options)
-    finetune(start, records, out, validated, data=info, name=role)
+    finetune(start, records, out, validated, data=info, name=role, allow_pickle=allow_pickle)
     return out

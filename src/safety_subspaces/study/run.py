@@ -10,9 +10,10 @@ from typing import Any
 
 from .. import __version__, progress
 from ..errors import UserError
-from ..files import RUN_CONFIG, config_digest, write_json, write_yaml
-from .config import ModelSource, Study, study_document
+from ..files import RUN_CONFIG, config_digest, make_dirs, output_lock, remove_created, write_json, write_yaml
+from .config import Study, study_document
 from .executors import Outcome, make_executor, pass_environment
+from .inputs import check_inputs, model_roles
 from .plan import TABLES, Job, plan
 from .store import Store
 from .worker import Context
@@ -33,23 +34,30 @@ class RunResult:
     report: Path | None = None
 
 
-def choose_run_dir(out: Path, document: dict[str, Any], *, force: bool) -> Path:
-    """The run directory: out itself, or with --force a fresh sibling when out holds a different study."""
+def choose_run_dir(out: Path, document: dict[str, Any] | None, *, force: bool) -> Path:
+    """The run directory: out itself, or with --force a fresh sibling when out holds a different study.
+
+    With no document (run --check, before the inputs are fingerprinted) a directory holding any study is accepted.
+    """
     import yaml
 
+    from ..files import read_text
+
     out = Path(out)
-    identity = config_digest(document)
+    identity = config_digest(document) if document is not None else None
     candidate, suffix = out, 1
     while True:
         config = candidate / RUN_CONFIG
-        if not candidate.exists() or (candidate.is_dir() and not any(candidate.iterdir())):
+        if candidate.exists() and not candidate.is_dir():
+            raise UserError(f"run directory {candidate} exists and is not a directory; choose another --out")
+        if not candidate.exists() or not any(candidate.iterdir()):
             return candidate
-        if config.exists():
+        if config.is_file():
             try:
-                previous = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+                previous = yaml.safe_load(read_text(config)) or {}
             except yaml.YAMLError:
                 previous = {}
-            if previous.get("kind") == "study" and previous.get("identity") == identity:
+            if isinstance(previous, dict) and previous.get("kind") == "study" and identity in (None, previous.get("identity")):
                 return candidate
         elif not force:
             raise UserError(f"run directory {candidate} is not empty and holds no study; choose another --out")
@@ -60,54 +68,19 @@ def choose_run_dir(out: Path, document: dict[str, Any], *, force: bool) -> Path:
         candidate = out.with_name(f"{out.name}-{suffix}")
 
 
-def resolve_path(reference: str, role: str) -> str:
-    """A local directory for a model reference: organism:NAME (zoo built if absent), a directory, or a hub id."""
-    from ..models import resolve_model
-
-    if reference.startswith("organism:"):
-        return str(organism_zoo() / reference.split(":", 1)[1])
-    return str(resolve_model(reference, role=role))
-
-
-def organism_zoo() -> Path:
-    """The default organism zoo, built on first use ($SAFETY_SUBSPACES_ZOO points elsewhere)."""
-    from ..organism import build
-    from ..paths import zoo_dir
-
-    zoo = zoo_dir()
-    if not (zoo / "manifest.json").exists():
-        progress.info(f"building the organism zoo in {zoo} (a few minutes, once)")
-        build(zoo, preset="default")
-    return zoo
-
-
-def model_roles(study: Study) -> list[tuple[str, ModelSource]]:
-    """Every model role of a study with its source, in dependency order."""
-    roles = []
-    for role in ("base", "aligned", "safety_tuned"):
-        source = getattr(study.models, role)
-        if source is not None:
-            roles.append((role, source))
-    return roles + list(study.finetunes.items())
-
-
-def existing_models(study: Study) -> dict[str, str]:
-    """Local paths of the models given as checkpoints (not recipes)."""
-    return {role: resolve_path(source.path, role) for role, source in model_roles(study) if source.path is not None}
-
-
 def materialise(study: Study, run_dir: Path, paths: dict[str, str]) -> dict[str, str]:
-    """Add the models made by fine-tuning recipes (checkpoints under run_dir/models) to the given paths."""
+    """Add the models made by fine-tuning recipes (checkpoints under run_dir/models) to the given paths.
+
+    check_inputs has already checked that each recipe starts from a model available before it.
+    """
+    from .recipes import run_recipe
+
     paths = dict(paths)
     for role, source in model_roles(study):
-        if source.recipe is None:
-            continue
-        from .recipes import run_recipe
-
-        start_from = source.recipe.get("from", "base" if role in ("aligned", "safety_tuned") else study.reference)
-        if start_from not in paths:
-            raise UserError(f"{role}.recipe.from: {start_from!r} is not a model available before {role}")
-        paths[role] = str(run_recipe(role, source.recipe, paths[start_from], run_dir / "models" / role))
+        if source.recipe is not None:
+            start_from = source.recipe.get("from", "base" if role in ("aligned", "safety_tuned") else study.reference)
+            paths[role] = str(run_recipe(role, source.recipe, paths[start_from], run_dir / "models" / role,
+                                         allow_pickle=study.allow_pickle))
     return paths
 
 
@@ -127,26 +100,57 @@ def record(store: Store, outcome: Outcome) -> None:
         store.fail(outcome.job.id, outcome.error)
 
 
+def identity_of(document: dict[str, Any], inputs: dict[str, str]) -> dict[str, Any]:
+    """What identifies a study run: the resolved config (less permissions such as allow_pickle) and input fingerprints."""
+    science = {key: value for key, value in document.items() if key != "allow_pickle"}
+    return {"study": science, "inputs": inputs}
+
+
 def run_study(study: Study, out: Path, *, force: bool = False, report: bool = True, device: str = "auto",
               threads: int | None = None) -> RunResult:
-    """Run every job of a study that is not finished yet, then write the report."""
+    """Check every input, then run every job of a study that is not finished yet, then write the report.
+
+    Nothing is created before the inputs are checked; the run directory is locked while the study runs.
+    """
     from ..checkpoints import Checkpoint
-    from ..models import default_device
 
     started = time.time()
     document = study_document(study)
-    given = existing_models(study)
-    inputs = {role: Checkpoint(path, role=role).fingerprint() for role, path in given.items()}
-    identity_document = {"study": document, "inputs": inputs}
+    given = check_inputs(study, offline=False).paths
+    inputs = {role: Checkpoint(path, role=role, allow_pickle=study.allow_pickle).fingerprint()
+              for role, path in given.items()}
+    identity_document = identity_of(document, inputs)
     run_dir = choose_run_dir(out, identity_document, force=force)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not (run_dir / RUN_CONFIG).exists():
-        write_yaml(run_dir / RUN_CONFIG, {"kind": "study", "identity": config_digest(identity_document),
-                                          "config": document, "inputs": inputs})
+    with output_lock(run_dir):
+        if choose_run_dir(out, identity_document, force=force) != run_dir:
+            raise UserError(f"run directory {run_dir} changed while this run was starting; run the command again")
+        created = make_dirs(run_dir)
+        if not (run_dir / RUN_CONFIG).exists():
+            try:
+                write_yaml(run_dir / RUN_CONFIG, {"kind": "study", "identity": config_digest(identity_document),
+                                                  "config": document, "inputs": inputs})
+            except BaseException:
+                remove_created(created)  # a run directory without its config would look like a foreign one
+                raise
+        result = run_jobs(study, run_dir, given, inputs, device=device, threads=threads)
+        result.seconds = time.time() - started
+        if report:
+            from ..report import write_report
+
+            result.report = write_report(run_dir)
+    return result
+
+
+def run_jobs(study: Study, run_dir: Path, given: dict[str, str], inputs: dict[str, str], *, device: str,
+             threads: int | None) -> RunResult:
+    """Materialise recipe models, plan the jobs, skip finished ones and execute the rest, recording each."""
+    from ..checkpoints import Checkpoint
+    from ..models import default_device
+
     store = Store(run_dir / STORE)
     try:
         paths = materialise(study, run_dir, given)
-        fingerprints = {**inputs, **{role: Checkpoint(paths[role], role=role).fingerprint()
+        fingerprints = {**inputs, **{role: Checkpoint(paths[role], role=role, allow_pickle=study.allow_pickle).fingerprint()
                                      for role in paths if role not in inputs}}
         jobs = plan(study, fingerprints, num_layers(paths["base"]))
         store.add_jobs((job.id, job.kind, dict(job.spec)) for job in jobs)
@@ -154,18 +158,13 @@ def run_study(study: Study, out: Path, *, force: bool = False, report: bool = Tr
         pending = [job for job in jobs if job.id not in done]
         write_manifest(run_dir, study, paths, fingerprints, len(jobs))
         device = study.device if device == "auto" else device
-        context = Context(document, paths, str(run_dir), default_device() if device == "auto" else device,
+        context = Context(study_document(study), paths, str(run_dir), default_device() if device == "auto" else device,
                           threads or study.threads, pass_environment())
         result = RunResult(run_dir, len(jobs), len(jobs) - len(pending), 0)
         if pending:
             execute(study, context, store, pending, result)
     finally:
         store.close()
-    result.seconds = time.time() - started
-    if report:
-        from ..report import write_report
-
-        result.report = write_report(run_dir)
     return result
 
 

@@ -39,6 +39,8 @@ class Store:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise UserError(f"{self.path} is a directory, not a results store")
         try:
             self.connection = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
             self.connection.execute("PRAGMA journal_mode=WAL")
@@ -50,13 +52,18 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error)."""
-        self.connection.execute("BEGIN IMMEDIATE")
         try:
-            yield self.connection
-        except BaseException:
-            self.connection.execute("ROLLBACK")
-            raise
-        self.connection.execute("COMMIT")
+            self.connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.connection
+            except BaseException:
+                self.connection.execute("ROLLBACK")
+                raise
+            self.connection.execute("COMMIT")
+        except sqlite3.OperationalError as exc:  # disk full, read-only file system, I/O error: nothing was committed
+            if self.connection.in_transaction:
+                self.connection.execute("ROLLBACK")
+            raise UserError(f"cannot write the results store {self.path}: {exc}") from None
 
     def add_jobs(self, jobs: Iterable[tuple[str, str, Mapping[str, Any]]]) -> int:
         """Register (id, kind, spec) jobs not yet known; return how many were new."""

@@ -66,7 +66,8 @@ class Worker:
         from ..checkpoints import Checkpoint
 
         if role not in self._checkpoints:
-            self._checkpoints[role] = Checkpoint(self.context.models[role], role=role, keep_bytes=self.keep_bytes)
+            self._checkpoints[role] = Checkpoint(self.context.models[role], role=role, keep_bytes=self.keep_bytes,
+                                                 allow_pickle=self.study.allow_pickle)
         return self._checkpoints[role]
 
     @property
@@ -91,7 +92,8 @@ class Worker:
             from ..models import load_model, load_tokenizer
 
             path = self.context.models[self.reference]
-            model = load_model(path, dtype=self.study.dtype, device=self.context.device, role=self.reference)
+            model = load_model(path, dtype=self.study.dtype, device=self.context.device, role=self.reference,
+                               allow_pickle=self.study.allow_pickle)
             self._resident = (model, load_tokenizer(path, role=self.reference))
         return self._resident
 

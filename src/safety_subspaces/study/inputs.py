@@ -1,0 +1,233 @@
+"""Check a study's inputs before anything runs: models, recipes' data, prompt sets against n, judge settings.
+
+`run --check` calls this offline (hub models and hub data are listed as not checked; an unbuilt organism zoo is
+noted, not built); `run` calls it online before it creates the run directory, building the zoo if needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UserError
+from .config import ModelSource, Study, organism_name
+
+
+@dataclass
+class CheckedInputs:
+    """What the check found: local paths of the models given as checkpoints, and what it could not check."""
+
+    paths: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def model_roles(study: Study) -> list[tuple[str, ModelSource]]:
+    """Every model role of a study with its source, in dependency order."""
+    roles = []
+    for role in ("base", "aligned", "safety_tuned"):
+        source = getattr(study.models, role)
+        if source is not None:
+            roles.append((role, source))
+    return roles + list(study.finetunes.items())
+
+
+def zoo_ready(offline: bool, checked: CheckedInputs) -> Path | None:
+    """The default organism zoo; built first when online, None (with a note) when offline and not built yet."""
+    from ..paths import zoo_dir
+
+    zoo = zoo_dir()
+    if (zoo / "manifest.json").exists():
+        return zoo
+    if offline:
+        note = f"organism models and data: the zoo {zoo} is not built yet (`run` builds it)"
+        if note not in checked.notes:
+            checked.notes.append(note)
+        return None
+    from .. import progress
+    from ..organism import build
+
+    progress.info(f"building the organism zoo in {zoo} (a few minutes, once)")
+    build(zoo, preset="default")
+    return zoo
+
+
+def is_hub_id(reference: str) -> bool:
+    """Whether a reference that is not a local path reads as a hub id (owner/name)."""
+    return reference.count("/") == 1 and not reference.startswith((".", "/", "~"))
+
+
+def resolve_model_path(reference: str, role: str, *, offline: bool, checked: CheckedInputs) -> str | None:
+    """A local directory for a model reference (organism:NAME, a directory, a hub id); None when offline can't tell."""
+    from ..models import resolve_model
+
+    name = organism_name(reference, role)
+    if name is not None:
+        zoo = zoo_ready(offline, checked)
+        if zoo is None:
+            return None
+        path = zoo / name
+        if not (path / "config.json").exists():
+            raise UserError(f"{role}: organism model {name!r} is not in the zoo {zoo}")
+        return str(path)
+    if offline and not Path(reference).expanduser().exists() and is_hub_id(reference):
+        checked.notes.append(f"{role}: hub model {reference} (offline)")
+        return None
+    return str(resolve_model(reference, role=role))
+
+
+def check_models(study: Study, *, offline: bool, checked: CheckedInputs) -> None:
+    """Every model given as a checkpoint exists, loads safely (no pickle unless allowed) and matches the others."""
+    from ..checkpoints import Checkpoint, check_compatible
+
+    opened = {}
+    for role, source in model_roles(study):
+        if source.path is None:
+            continue
+        path = resolve_model_path(source.path, role, offline=offline, checked=checked)
+        if path is None:
+            continue
+        checked.paths[role] = path
+        opened[role] = Checkpoint(path, role=role, allow_pickle=study.allow_pickle)
+    if len(opened) > 1:
+        check_compatible(opened)
+    for checkpoint in opened.values():
+        checkpoint.close()
+
+
+def check_recipes(study: Study, *, offline: bool, checked: CheckedInputs) -> None:
+    """Each fine-tuning recipe starts from a model available before it and names data that can exist."""
+    from .recipes import split_recipe
+
+    available = [role for role, source in model_roles(study) if source.path is not None]
+    for role, source in model_roles(study):
+        if source.recipe is None:
+            continue
+        start = source.recipe.get("from", "base" if role in ("aligned", "safety_tuned") else study.reference)
+        if start not in available:
+            raise UserError(f"{role}.recipe.from: {start!r} is not a model available before {role}; "
+                            f"use one of {', '.join(available) or 'the given checkpoints'}")
+        data, options, recipe = split_recipe(source.recipe, f"{role}.recipe")
+        for key in ("data", "source", "useful_source", "harmful_source"):
+            if isinstance(source.recipe.get(key), str):
+                check_data_reference(source.recipe[key], f"{role}.recipe.{key}", offline=offline, checked=checked)
+        if isinstance(data, str) and Path(data).expanduser().is_file():  # a local data file: read it now, not mid-run
+            from ..data import load_training_data
+
+            try:
+                load_training_data(data, seed=recipe.seed, method=recipe.method, **options)
+            except UserError as exc:
+                raise UserError(f"{role}.recipe.data: {exc}") from None
+        available.append(role)
+
+
+def check_data_reference(text: str, where: str, *, offline: bool, checked: CheckedInputs) -> None:
+    """A data name that load_training_data accepts: a named set, a file that exists, organism:NAME, or a hub id."""
+    from ..data import CONTAMINATED, SOURCES, TRAINING_SETS, looks_like_file, resolve_organism
+
+    name = organism_name(text, where)
+    if name is not None:
+        zoo = zoo_ready(offline, checked)
+        if zoo is not None:
+            resolve_organism(name, zoo)
+        return
+    if text in TRAINING_SETS or text == CONTAMINATED or text in SOURCES or Path(text).expanduser().is_file():
+        return
+    if looks_like_file(text):
+        raise UserError(f"{where}: data file {text}: no such file")
+    if not is_hub_id(text):
+        raise UserError(f"{where}: unknown dataset {text!r}; use one of {', '.join([*TRAINING_SETS, CONTAMINATED])}, "
+                        "a data file, organism:NAME or a hub id")
+
+
+def is_local_source(text: str) -> bool:
+    """Whether a prompt or data source is read from this machine (a file, even a missing one, or organism:NAME)."""
+    from ..data import looks_like_file
+
+    source = text.partition("@")[0]
+    return source.startswith("organism:") or Path(source).expanduser().exists() or looks_like_file(source)
+
+
+def loadable(text: str, *, offline: bool, checked: CheckedInputs, what: str) -> bool:
+    """Whether to load a source now: local ones always (organism ones once the zoo exists), hub ones only online."""
+    if text.startswith("organism:"):
+        return zoo_ready(offline, checked) is not None
+    if offline and not is_local_source(text):
+        checked.notes.append(f"{what}: {text} from the hub (offline)")
+        return False
+    return True
+
+
+def check_prompt_sets(study: Study, *, offline: bool, checked: CheckedInputs) -> None:
+    """Harm and over-refusal prompts can be read; every activation prompt set holds at least n prompts."""
+    from ..evaluate.harm import load_harm_prompts
+    from ..overlap.activations import PromptSource
+
+    evaluation = study.evaluation
+    for name, options in (("harm", evaluation.harm), ("benign", evaluation.benign)):
+        if options is not None and loadable(options.prompts, offline=offline, checked=checked,
+                                            what=f"evaluation.{name}.prompts"):
+            load_harm_prompts(options.prompts, limit=options.limit)
+    activations = study.overlap.activations
+    if activations is None:
+        return
+    for name, text in activations.prompts.items():
+        where = f"overlap.activations.prompts.{name}"
+        if not loadable(text, offline=offline, checked=checked, what=where):
+            continue
+        count = len(PromptSource.parse(text).load())
+        if count < activations.n:
+            raise UserError(f"{where}: {text} has {count} prompts, fewer than overlap.activations.n = {activations.n}; "
+                            f"lower n to at most {count}")
+
+
+def check_utility(study: Study, *, offline: bool, checked: CheckedInputs) -> None:
+    """The utility task's local data files exist (the organism task's held-out file once the zoo exists)."""
+    from ..evaluate.utility import ORGANISM_TASK, parse_data_files
+
+    utility = study.evaluation.utility
+    if utility is None:
+        return
+    for split, path in parse_data_files(utility.data_files).items():
+        if not Path(path).expanduser().is_file():
+            raise UserError(f"evaluation.utility.data_files.{split}: {path}: no such file")
+    if utility.task == ORGANISM_TASK and not utility.data_files:
+        zoo = zoo_ready(offline, checked)
+        if zoo is not None:
+            from ..organism import zoo_data_file
+
+            zoo_data_file("arithmetic_eval", zoo)
+    elif not utility.data_files and offline:
+        checked.notes.append(f"evaluation.utility: task {utility.task} and its data from lm-eval and the hub (offline)")
+
+
+def check_judge(study: Study, *, offline: bool, checked: CheckedInputs) -> None:
+    """The harm judge can be built as configured: rubric file, endpoint, model and its key in the environment;
+    a classifier judge's model directory (loaded only by the jobs)."""
+    from ..evaluate.judges import make_judge
+    from ..models import check_remote_code
+    from .handlers import judge_options
+    from .schema import as_plain
+
+    harm = study.evaluation.harm
+    if harm is None:
+        return
+    if harm.judge == "classifier":
+        path = resolve_model_path(harm.classifier, "evaluation.harm.classifier", offline=offline, checked=checked)
+        if path is not None:
+            check_remote_code(Path(path), role="evaluation.harm.classifier")
+        return
+    try:
+        make_judge(harm.judge, **judge_options(as_plain(harm)))
+    except UserError as exc:
+        raise UserError(f"evaluation.harm: {exc}") from None
+
+
+def check_inputs(study: Study, *, offline: bool) -> CheckedInputs:
+    """Everything `run` validates before it creates the run directory (offline: hub inputs are noted, not fetched)."""
+    checked = CheckedInputs()
+    check_models(study, offline=offline, checked=checked)
+    check_recipes(study, offline=offline, checked=checked)
+    check_utility(study, offline=offline, checked=checked)
+    check_prompt_sets(study, offline=offline, checked=checked)
+    check_judge(study, offline=offline, checked=checked)
+    return checked
