@@ -7,15 +7,38 @@ import hashlib
 import io
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import yaml
 
 from .errors import UserError
+
+T = TypeVar("T")
+
+
+def _create_unique(directory: Path, prefix: str, suffix: str, create: Callable[[Path], T]) -> T:
+    """create(path) for the first free random name prefix-XXXX-suffix in directory."""
+    for _ in range(100):
+        try:
+            return create(Path(directory) / f"{prefix}{secrets.token_hex(6)}{suffix}")
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {directory}")
+
+
+def _open_new(path: Path) -> tuple[int, Path]:
+    """A new file opened for writing, its mode 0666 less the umask (mkstemp would make it 0600)."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), path
+
+
+def _make_new_dir(path: Path) -> Path:
+    """A new directory, its mode 0777 less the umask (mkdtemp would make it 0700)."""
+    path.mkdir(mode=0o777)
+    return path
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -27,7 +50,7 @@ def atomic_write_chunks(path: Path, chunks: Iterable[bytes | memoryview]) -> Non
     """Write a sequence of byte chunks to path atomically, without joining them in memory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_unique(path.parent, f".{path.name}.", ".tmp", _open_new)
     try:
         with os.fdopen(fd, "wb") as handle:
             for chunk in chunks:
@@ -116,7 +139,7 @@ def staged_dir(final: Path) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    stage = _create_unique(final.parent, f".{final.name}.partial-", "", _make_new_dir)
     try:
         yield stage
         if not final.exists():
