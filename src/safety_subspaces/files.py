@@ -41,6 +41,30 @@ def _make_new_dir(path: Path) -> Path:
     return path
 
 
+def current_umask() -> int:
+    """The process's file-creation mask (read from /proc where it can be, so it is never changed, even briefly)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(directory: Path) -> None:
+    """Give the files and folders under directory the modes open() and mkdir() would (0666 / 0777 less the umask).
+
+    For what libraries write with a fixed mode: safetensors' save_file (so save_pretrained) makes 0600 files.
+    """
+    mask = current_umask()
+    for path in [Path(directory), *Path(directory).rglob("*")]:
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write data to path so that readers see the old file or the whole new one, never a part."""
     atomic_write_chunks(path, [data])

@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .. import progress
 from ..errors import UserError
-from ..files import staged_dir, write_json
+from ..files import follow_umask, staged_dir, write_json
 from .recipe import Recipe
 from .sft import encode_examples, plan_steps, train_loop, uses_chat
 
@@ -143,6 +143,7 @@ def save_checkpoint(model, tokenizer, directory: Path) -> None:
     with progress.library_bars(False):  # transformers' shard-writing bar: never useful
         model.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
+    follow_umask(directory)  # safetensors writes its files 0600
 
 
 def _save(model, tokenizer, stage: Path, recipe: Recipe, save_dtype: str) -> Any:
