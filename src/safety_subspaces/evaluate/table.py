@@ -1,4 +1,4 @@
-"""Rows of the evaluation table (DESIGN.md §7) and the model being evaluated."""
+"""Rows of the evaluation table (docs/design.md §8) and the model being evaluated."""
 
 from __future__ import annotations
 
