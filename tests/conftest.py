@@ -38,6 +38,7 @@ def pytest_sessionfinish(session, exitstatus):
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         message = f"tests wrote into HOME ({sandbox.HOME}), which must stay empty: {', '.join(written[:20])}"
         if reporter is not None:
+            reporter.ensure_newline()
             reporter.write_line(message, red=True)
         else:
             sys.stderr.write(message + "\n")
