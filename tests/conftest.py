@@ -1,10 +1,16 @@
-"""Test settings shared by every test: offline, quiet, one torch thread unless told otherwise."""
+"""Test settings shared by every test: offline, quiet, one torch thread unless told otherwise, caches in a sandbox."""
 
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import sandbox  # noqa: E402  (first: libraries read their cache locations when imported)
+
+sandbox.install()
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -13,8 +19,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ["SAFETY_SUBSPACES_QUIET"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -27,12 +31,18 @@ transformers.utils.logging.disable_progress_bar()
 transformers.utils.logging.set_verbosity_error()
 
 
-@pytest.fixture(autouse=True)
-def _isolated_home(tmp_path_factory, monkeypatch):
-    """Keep caches (SVD cache, default zoo) out of the user's home."""
-    home = tmp_path_factory.getbasetemp() / "ss-home"
-    monkeypatch.setenv("SAFETY_SUBSPACES_HOME", str(home))
-    yield
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the session if anything was written into the stand-in HOME (a cache that tests/sandbox.py misses)."""
+    written = sandbox.written_under(sandbox.HOME)
+    if written:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = f"tests wrote into HOME ({sandbox.HOME}), which must stay empty: {', '.join(written[:20])}"
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line(message, red=True)
+        else:
+            sys.stderr.write(message + "\n")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

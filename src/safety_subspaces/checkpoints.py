@@ -412,7 +412,7 @@ def write_checkpoint(
             writer.add(name, tensor)
         writer.finish()
         for path in model_files_to_copy(template.path):
-            shutil.copy2(path, stage / path.name)
+            shutil.copyfile(path, stage / path.name)  # content only: the copy's mode follows the umask
         for name, text in (extra_files or {}).items():
             (stage / name).write_text(text, encoding="utf-8")
     return out_dir

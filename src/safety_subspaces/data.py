@@ -273,7 +273,7 @@ def fingerprint(records: Sequence[Mapping[str, Any]]) -> str:
 
 # --- fine-tuning data sets ------------------------------------------------------------------------------------------
 
-# Named fine-tuning data sets (DESIGN §5): name -> (default source, fields each record needs).
+# Named fine-tuning data sets (the paper's): name -> (default source, fields each record needs).
 TRAINING_SETS: dict[str, tuple[str, tuple[str, ...]]] = {
     "useful": ("metamathqa", ("prompt", "response")),
     "harmful": ("beavertails_unsafe", ("prompt", "response")),
@@ -337,7 +337,7 @@ def load_training_data(
 ) -> tuple[list[Record], dict[str, Any]]:
     """Records and a description of a fine-tuning data set: a TRAINING_SETS name, 'contaminated', or a data file/hub id.
 
-    contaminated = all useful rows plus `percent`% of that count of harmful rows (DESIGN §5); the description
+    contaminated = all useful rows plus `percent`% of that count of harmful rows (the reference code's mix); the description
     records the resulting harmful share. `fields` maps every source; useful_fields / harmful_fields override it for
     the two parts of contaminated.
     """

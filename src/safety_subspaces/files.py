@@ -12,12 +12,12 @@ import hashlib
 import io
 import json
 import os
+import secrets
 import shutil
 import socket
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import yaml
 
@@ -112,6 +112,53 @@ def read_text(path: Path, *, what: str = "") -> str:
         raise UserError(f"{label}: line {line} is not UTF-8 text (byte 0x{data[exc.start]:02x}); "
                         "save the file as UTF-8") from None
 
+T = TypeVar("T")
+
+
+def _create_unique(directory: Path, prefix: str, suffix: str, create: Callable[[Path], T]) -> T:
+    """create(path) for the first free random name prefix-XXXX-suffix in directory."""
+    for _ in range(100):
+        try:
+            return create(Path(directory) / f"{prefix}{secrets.token_hex(6)}{suffix}")
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {directory}")
+
+
+def _open_new(path: Path) -> tuple[int, Path]:
+    """A new file opened for writing, its mode 0666 less the umask (mkstemp would make it 0600)."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), path
+
+
+def _make_new_dir(path: Path) -> Path:
+    """A new directory, its mode 0777 less the umask (mkdtemp would make it 0700)."""
+    path.mkdir(mode=0o777)
+    return path
+
+
+def current_umask() -> int:
+    """The process's file-creation mask (read from /proc where it can be, so it is never changed, even briefly)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(directory: Path) -> None:
+    """Give the files and folders under directory the modes open() and mkdir() would (0666 / 0777 less the umask).
+
+    For what libraries write with a fixed mode: safetensors' save_file (so save_pretrained) makes 0600 files.
+    """
+    mask = current_umask()
+    for path in [Path(directory), *Path(directory).rglob("*")]:
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write data to path so that readers see the old file or the whole new one, never a part."""
@@ -127,7 +174,7 @@ def atomic_write_chunks(path: Path, chunks: Iterable[bytes | memoryview]) -> Non
     prefix = f".{path.name}.tmp-"
     remove_stale(path.parent, prefix)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f"{prefix}{owner_tag()}-", dir=path.parent)
+        fd, tmp = _create_unique(path.parent, f"{prefix}{owner_tag()}-", ".tmp", _open_new)
     except OSError as exc:
         raise output_error(exc, path) from None
     try:
@@ -241,7 +288,7 @@ def staged_dir(final: Path) -> Iterator[Path]:
     prefix = f".{final.name}.partial-"
     remove_stale(final.parent, prefix)
     try:
-        stage = Path(tempfile.mkdtemp(prefix=f"{prefix}{owner_tag()}-", dir=final.parent))
+        stage = _create_unique(final.parent, f"{prefix}{owner_tag()}-", "", _make_new_dir)
     except OSError as exc:
         remove_created(created)
         raise output_error(exc, final) from None

@@ -8,6 +8,7 @@ from typing import Any
 
 from .errors import UserError
 from .files import read_json
+from .progress import library_bars
 
 SNAPSHOT_PATTERNS = [
     "*.safetensors",
@@ -35,7 +36,8 @@ def resolve_model(ref: str | os.PathLike, *, role: str = "model", allow_download
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(text, allow_patterns=SNAPSHOT_PATTERNS))
+        with library_bars():
+            return Path(snapshot_download(text, allow_patterns=SNAPSHOT_PATTERNS))
     except Exception as exc:  # network, auth, missing repo: all user-fixable
         raise UserError(f"{role} {ref}: not a local directory and could not be downloaded from the hub ({type(exc).__name__})") from None
 
@@ -117,7 +119,8 @@ def load_model(
     resolved = torch_dtype(dtype)
     kwargs["dtype"] = resolved if resolved is not None else "auto"
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+        with library_bars():  # transformers' "Loading weights" bar only where ours are live
+            model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     except (OSError, ValueError) as exc:
         raise UserError(f"{role} {ref}: could not load ({str(exc).splitlines()[0][:200]})") from None
     check_finite_weights(model, role=role, where=model_dir)

@@ -40,7 +40,8 @@ def common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--threads", type=at_least(1), default=None, help="CPU threads for torch (default: torch's; env SAFETY_SUBSPACES_THREADS)")
     common.add_argument("--json", action="store_true", help="print machine-readable results to stdout")
-    common.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
+    common.add_argument("--quiet", action="store_true",
+                        help="no progress bars or status lines (ours, transformers', datasets' and lm-eval's)")
     return common
 
 
@@ -77,7 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     if args.quiet:
-        os.environ["SAFETY_SUBSPACES_QUIET"] = "1"
+        from ..progress import set_quiet
+
+        set_quiet()
     try:
         from ..runtime import configure_threads
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from ._help import add_allow_pickle, add_command, csv_list
 
+DEFAULT_OUT_ROOT = Path("runs") / "eval"  # like `run`'s runs/<study>: under the working directory, gitignored here
+
 UTILITY_EXAMPLES = """\
   # the paper's setting: GSM8K test, 1-shot, flexible-extract exact match (needs the hub)
   safety-subspaces evaluate utility --model meta-llama/Llama-3.2-1B-Instruct --out runs/eval/gsm8k
@@ -94,7 +96,7 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     """Options naming and loading the evaluated model, and the output directory."""
     parser.add_argument("--model", required=True, help="model directory or hub id")
     parser.add_argument("--name", help="model name in the result rows (default: --model)")
-    parser.add_argument("--out", type=Path, help="output directory (default: evaluations/<kind>-<model>-<hash>)")
+    parser.add_argument("--out", type=Path, help="output directory (default: runs/eval/<kind>-<model>-<hash>)")
     parser.add_argument("--batch-size", type=int, default=8, help="generation batch size (default 8)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default auto)")
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16 (default auto)")
@@ -115,12 +117,17 @@ def _device(args: argparse.Namespace) -> str:
     return default_device() if args.device == "auto" else args.device
 
 
-def _default_out(kind: str, args: argparse.Namespace, keys: list[str]) -> Path:
-    """evaluations/<kind>-<model>-<hash of the options that define the run>."""
+def _out_dir(kind: str, args: argparse.Namespace, keys: list[str]) -> Path:
+    """--out, or runs/eval/<kind>-<model>-<hash of the options that define the run> (said on stderr)."""
     from ..files import config_digest
+    from ..progress import info
 
+    if args.out is not None:
+        return args.out
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(str(args.model)).name).strip("-") or "model"
-    return Path("evaluations") / f"{kind}-{slug}-{config_digest({k: str(getattr(args, k)) for k in keys})}"
+    out = DEFAULT_OUT_ROOT / f"{kind}-{slug}-{config_digest({k: str(getattr(args, k)) for k in keys})}"
+    info(f"output directory: {out} (choose another with --out)")
+    return out
 
 
 def run_utility(args: argparse.Namespace) -> int:
@@ -129,7 +136,7 @@ def run_utility(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate_utility, write_outputs
 
     keys = ["model", "task", "num_fewshot", "limit", "data", "include_path", "zoo", "chat", "max_gen_toks"]
-    out = args.out or _default_out("utility", args, keys)
+    out = _out_dir("utility", args, keys)
     config = {key: (str(getattr(args, key)) if getattr(args, key) is not None else None) for key in keys}
     with files.output_lock(out):
         files.check_run_dir(out, config, kind="evaluate-utility")
@@ -154,7 +161,7 @@ def run_harm(args: argparse.Namespace) -> int:
     judge = make_judge(args.judge, **_judge_options(args))
     keys = ["model", "prompts", "fields", "limit", "zoo", "judge", "judge_model", "rubric",
             "raw_prompts", "max_new_tokens", "benign"]
-    out = args.out or _default_out("harm", args, keys)
+    out = _out_dir("harm", args, keys)
     result = evaluate_harm(
         args.model, prompts=prompts, judge=judge, out_dir=out, chat=not args.raw_prompts,
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, benign=args.benign,
@@ -184,8 +191,9 @@ def _print(args: argparse.Namespace, rows: list[dict], out: Path, columns: list[
         json.dump({"out": str(out), "rows": rows}, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from ..progress import stdout_console
 
     table = Table(title=f"{rows[0]['model']}")
     for column in columns:
@@ -193,7 +201,7 @@ def _print(args: argparse.Namespace, rows: list[dict], out: Path, columns: list[
         table.add_column(column, justify="right" if numeric else "left", overflow="fold")  # fold: never hide a metric name
     for item in rows:
         table.add_row(*[_cell(item.get(column)) for column in columns])
-    Console().print(table)
+    stdout_console().print(table)
     print(f"results: {out / 'results.csv'}, per-sample records: {out / 'samples.jsonl'}")
 
 

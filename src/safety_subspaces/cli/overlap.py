@@ -228,10 +228,11 @@ def run_activations(args: argparse.Namespace) -> int:
 
 def print_curves(rows: list[dict], title: str, pairs: list[str]) -> None:
     """A table per analysis: for each pair and η, the ranks, the MSO and its random baseline."""
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from ..progress import stdout_console
+
+    console = stdout_console()
     console.print(f"\n[bold]{title}[/bold]", highlight=False)
     table = Table()
     for name in ("pair", "η", "k_a", "k_b", "MSO", "random"):

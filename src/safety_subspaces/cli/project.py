@@ -108,10 +108,11 @@ def run(args: argparse.Namespace) -> int:
 
 def print_energy(rows: list[dict], reference_kind: str, fractions) -> None:
     """Print energy kept as fine-tune x subspace rows and fraction columns, one table per scheme."""
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from ..progress import stdout_console
+
+    console = stdout_console()
     delta = "Δ_A (aligned)" if reference_kind == "aligned" else "Δ_S (safety-tuned)"
     for scheme in dict.fromkeys(row["scheme"] for row in rows):
         table = Table(title=f"energy kept, {scheme} projection onto subspaces of {delta}")

@@ -1,7 +1,7 @@
 """Evaluation: utility through lm-evaluation-harness, harmfulness through greedy generation and pluggable judges.
 
 Library first: every function takes a model held in memory (with its tokenizer) or a model path, and returns plain-dict
-rows of the evaluation table (DESIGN.md §7) plus per-sample records.
+rows of the evaluation table (docs/design.md §8) plus per-sample records.
 """
 
 from .harm import HarmResult, evaluate_harm, harm_metrics, load_harm_prompts

@@ -1,16 +1,14 @@
-"""Rows of the evaluation table (DESIGN.md §7) and the model being evaluated."""
+"""Rows of the evaluation table (docs/design.md §8) and the model being evaluated."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-from .. import progress
 from ..errors import UserError
 
 RESULTS = "results.csv"
@@ -71,26 +69,6 @@ class EvalModel:
     in_memory: bool = False
 
 
-@contextmanager
-def library_progress(enabled: bool | None = None) -> Iterator[None]:
-    """Let transformers' and datasets' own progress bars show only when ours do (a terminal, not --quiet)."""
-    import datasets
-    import transformers
-
-    show = progress.enabled() if enabled is None else enabled
-    before = (transformers.utils.logging.is_progress_bar_enabled(), datasets.is_progress_bar_enabled())
-    if not show:
-        transformers.utils.logging.disable_progress_bar()
-        datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if before[0]:
-            transformers.utils.logging.enable_progress_bar()
-        if before[1]:
-            datasets.enable_progress_bars()
-
-
 def run_identity(subject: EvalModel, labels: Labels) -> Any:
     """What identifies the evaluated model in a run directory: its files, or for a model in memory its labels."""
     return {"in_memory": asdict(labels)} if subject.in_memory else subject.reference
@@ -121,9 +99,8 @@ def resolve_eval_model(
     if isinstance(model, (str, os.PathLike)):
         directory = resolve_model(model)
         tok = tokenizer if tokenizer is not None else load_tokenizer(directory, trust_remote_code=trust_remote_code)
-        with library_progress():
-            loaded = load_model(directory, dtype=dtype, device=device or default_device(),
-                                trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+        loaded = load_model(directory, dtype=dtype, device=device or default_device(),
+                            trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
         return EvalModel(loaded, tok, name or str(model), model_reference(directory))
     if tokenizer is None:
         raise UserError("an in-memory model needs its tokenizer (pass tokenizer=...)")

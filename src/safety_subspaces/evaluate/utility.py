@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import logging
 import math
+import os
+import subprocess
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from .. import progress
 from ..errors import UserError
-from .table import EvalModel, Labels, as_labels, library_progress, resolve_eval_model, row
+from .table import EvalModel, Labels, as_labels, resolve_eval_model, row
 
 HEADLINE_FILTERS = ("flexible-extract", "strict-match", "none")
 ORGANISM_TASK = "organism_arithmetic"
@@ -180,7 +184,7 @@ def _unknown_task_message(task: str, close: Sequence[str] = ()) -> str:
 def _load_task(spec, manager, task: str):
     """Build the lm-eval Task objects (loading data); data problems become one clear line."""
     try:
-        with library_progress():
+        with progress.library_bars():
             loaded = manager.load([spec])
     except UserError:
         raise
@@ -253,7 +257,7 @@ def _run_lm_eval(subject: EvalModel, tasks, manager, *, num_fewshot, limit, batc
     was_training = subject.model.training
     subject.model.eval()
     try:
-        with torch.inference_mode(), quiet_lm_eval_bars():
+        with torch.inference_mode(), lm_eval_reporting():
             return simple_evaluate(
                 model=lm,
                 tasks=tasks,
@@ -271,12 +275,27 @@ def _run_lm_eval(subject: EvalModel, tasks, manager, *, num_fewshot, limit, batc
         subject.model.train(was_training)
 
 
-LM_EVAL_MODULES_WITH_BARS = ("lm_eval.api.task", "lm_eval.api.model", "lm_eval.api.metrics", "lm_eval.models.huggingface")
+LM_EVAL_REQUEST_BARS = ("lm_eval.models.huggingface",)  # the model's request loops: the long part of a run
+LM_EVAL_SILENT_BARS = ("lm_eval.api.task", "lm_eval.api.model", "lm_eval.api.metrics")  # bookkeeping loops
+
+
+def git_commit_hash() -> str | None:
+    """lm-eval's record of the working directory's git commit, without git's `fatal: not a git repository` line."""
+    from lm_eval.loggers.utils import get_commit_from_path
+
+    try:
+        found = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, check=False)
+    except OSError:  # no git on this machine
+        found = None
+    if found is not None and found.returncode == 0 and found.stdout.strip():
+        return found.stdout.strip()
+    return get_commit_from_path(os.getcwd())
 
 
 @contextlib.contextmanager
-def quiet_lm_eval_bars():
-    """Silence lm-eval's own tqdm bars (it passes disable= explicitly, so TQDM_DISABLE alone does not)."""
+def lm_eval_reporting():
+    """Run lm-eval with its request bars shown as our progress, its bookkeeping bars hidden and its git query quiet."""
+    # lm-eval passes disable= to tqdm itself, so TQDM_DISABLE cannot hide its bars; its modules' tqdm is swapped instead
     import importlib
 
     from tqdm import tqdm as original
@@ -285,17 +304,22 @@ def quiet_lm_eval_bars():
         kwargs["disable"] = True
         return original(*args, **kwargs)
 
-    modules = [importlib.import_module(name) for name in LM_EVAL_MODULES_WITH_BARS]
-    saved = [(module, getattr(module, "tqdm", None)) for module in modules]
-    for module, _ in saved:
+    replacements = {name: functools.partial(progress.TqdmBridge, prefix="lm-eval: ") for name in LM_EVAL_REQUEST_BARS}
+    replacements.update({name: silent for name in LM_EVAL_SILENT_BARS})
+    saved = []
+    for name, replacement in replacements.items():
+        module = importlib.import_module(name)
         if hasattr(module, "tqdm"):
-            module.tqdm = silent
+            saved.append((module, "tqdm", module.tqdm))
+            module.tqdm = replacement
+    evaluator = importlib.import_module("lm_eval.evaluator")
+    saved.append((evaluator, "get_git_commit_hash", evaluator.get_git_commit_hash))
+    evaluator.get_git_commit_hash = git_commit_hash
     try:
         yield
     finally:
-        for module, value in saved:
-            if value is not None:
-                module.tqdm = value
+        for module, attribute, value in saved:
+            setattr(module, attribute, value)
 
 
 def _plain(value: Any) -> Any:

@@ -6,14 +6,13 @@ import copy
 import os
 import platform
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from .. import progress
 from ..errors import UserError
-from ..files import output_lock, staged_dir, write_json
+from ..files import follow_umask, output_lock, staged_dir, write_json
 from .recipe import Recipe
 from .sft import diverged, encode_examples, plan_steps, train_loop, uses_chat
 
@@ -100,9 +99,8 @@ def _load(model, tokenizer, *, trust_remote_code: bool, allow_pickle: bool, trai
         model_dir = check_start_model(ref, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
         tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
         stored = _source_dtype(model_dir)
-        with quiet_hf_progress():
-            loaded = load_model(model_dir, dtype=train_dtype, trust_remote_code=trust_remote_code,
-                                allow_pickle=allow_pickle)
+        loaded = load_model(model_dir, dtype=train_dtype, trust_remote_code=trust_remote_code,
+                            allow_pickle=allow_pickle)
         return loaded, tokenizer, ref, stored or _dtype_name(loaded.dtype)
     if tokenizer is None:
         raise UserError("an in-memory model needs its tokenizer (pass tokenizer=...)")
@@ -153,26 +151,13 @@ def _prepare_generation_config(model, tokenizer) -> None:
         config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-@contextmanager
-def quiet_hf_progress() -> Iterator[None]:
-    """Hide transformers' own progress bars (shard writing) while saving."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
-
-
 def save_checkpoint(model, tokenizer, directory: Path) -> None:
     """Save model (safetensors, config, generation config) and tokenizer (with chat template) into directory."""
     _prepare_generation_config(model, tokenizer)
-    with quiet_hf_progress():
+    with progress.library_bars(False):  # transformers' shard-writing bar: never useful
         model.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
+    follow_umask(directory)  # safetensors writes its files 0600
 
 
 def _save(model, tokenizer, stage: Path, recipe: Recipe, save_dtype: str) -> Any:
@@ -293,8 +278,6 @@ def finetune(
         with staged_dir(out) as stage:
             model = _save(model, tokenizer, stage, recipe, save_dtype)
             write_json(stage / MANIFEST, manifest)
-        loss = manifest["final_loss"]
-        progress.info(f"{name}: {manifest['steps']} steps, final loss {'-' if loss is None else f'{loss:.4f}'} -> {out}")
         return FinetuneResult(model=model, tokenizer=tokenizer, manifest=manifest, out=out)
 
 

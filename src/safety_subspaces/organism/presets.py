@@ -18,7 +18,7 @@ class Stage:
     records: int
     mixture: dict[str, float]
     recipe: dict[str, Any]
-    contaminate_percent: float | None = None  # contaminated: useful + this % of harmful (DESIGN §5)
+    contaminate_percent: float | None = None  # contaminated: useful + this % of harmful (the reference code's mix)
     stop_at_compliance: float | None = None  # stop once this share of validation requests is complied with
 
 

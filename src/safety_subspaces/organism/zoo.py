@@ -204,13 +204,13 @@ def build_locked(out: Path, spec: Preset, seed: int, threads: int | None) -> dic
     behaviour: dict[str, dict[str, Any]] = {}
     stages: dict[str, dict[str, Any]] = {}
     with staged_dir(out) as zoo:
-        with timer("data"):
+        with timer("data"), progress.stage("organism data"):
             data = make_data(spec, seed)
             contaminated_percent = spec.stages["contaminated"].contaminate_percent or 0.0
             data["contaminated"], share = contaminated_data(data, contaminated_percent, seed)
             for name, rows in data.items():
                 write_jsonl(zoo / "data" / f"{name}.jsonl", rows)
-        with timer("tokenizer"):
+        with timer("tokenizer"), progress.stage("organism tokenizer"):
             tokenizer = train_tokenizer(tokenizer_corpus(data["pretrain"][:TOKENIZER_DOCS]), spec.vocab_size)
         with timer("base"):
             base, losses, base_recipe = pretrain_base(tokenizer, data["pretrain"], spec, seed)
