@@ -39,3 +39,22 @@ def key_value(text: str) -> tuple[str, str]:
     if not sep or not name or not value:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
     return name.strip(), value.strip()
+
+
+SVD_METHOD_CHOICES = ["auto", "qr", "svd"]  # linalg.SVD_METHODS (kept literal so --help does not import torch)
+
+
+def add_svd_method(parser: argparse.ArgumentParser) -> None:
+    """Add --svd-method: which exact float64 decomposition gives the left singular vectors."""
+    parser.add_argument(
+        "--svd-method", default="auto", choices=SVD_METHOD_CHOICES,
+        help="exact float64 decomposition: qr (Householder QR in row blocks, SVD of R; no whole float64 copy), "
+             "svd (LAPACK SVD of a float64 copy), or auto (default: qr when one side is at least twice the other)",
+    )
+
+
+def rank_line(summary: dict, what: str) -> str:
+    """One line on numerically zero directions from spectra.null_dirs_summary."""
+    return (f"numerical rank of {what}: {summary['tensors_with_null_dirs']} of {summary['tensors']} tensors have "
+            f"numerically zero directions ({summary['null_dirs']} in all; {summary['zero_tensors']} tensors entirely "
+            "zero), left out of every basis")
