@@ -1,14 +1,18 @@
 """Benchmark: the default left-basis decomposition (`linalg.left_singular`, method auto) against the previous one.
 
 On a vocab x hidden embedding-shaped float32 matrix (default 151,936 x 896, Qwen2.5-0.5B's) built as
-M = Q diag(sigma) V^T with Q, V Haar, two spectra:
+M = Q diag(sigma) V^T with Q, V Haar, three spectra:
 
-  decaying   sigma_i = 1 / (1 + i / 8): a realistic power-law-like update spectrum (condition ~112)
+  mild       sigma_i log-uniform from 1 to 0.1 (condition 10): the old method's fastest case (nothing below its cut)
+  decaying   sigma_i = 1 / (1 + i / 8): a realistic power-law-like update spectrum (condition ~113)
   ill        sigma_i log-uniform from 1 to 1e-8 (condition 1e8)
 
 Each decomposition runs in a fresh process (so its peak RSS is its own), timed around the call only:
 
-  new        this toolkit's auto (float64 TSQR in row blocks, SVD of R, U = M V Sigma^-1 in float64 row blocks)
+  new        this toolkit's auto: for this shape the gram route (eigh of the float64 Gram matrix, U = M V Sigma^-1 in
+             float64 row blocks) when the spectrum it shows has condition <= 1e3, else the qr route (float64 TSQR
+             in row blocks, SVD of R, the same U pass)
+  qr         (with --also-qr) the qr route forced, for comparison
   old        the previous auto, kept here only as the baseline: eigh of the float64 Gram matrix, directions below
              sigma_max * max(m, n) * eps_float32 replaced by a seeded random completion
   reference  numpy's float64 SVD of M (with --check): the accuracy reference, not a contender
@@ -16,7 +20,8 @@ Each decomposition runs in a fresh process (so its peak RSS is its own), timed a
 Accuracy: energy kept by top-k projections (k = round(rho * r), rho in FRACTIONS) of a seeded update
 T = Q C + N whose energy lies half in M's column space and half outside, against the numpy reference.
 
-    python benchmarks/bench_decompose.py [--threads 2] [--rows 151936 --cols 896] [--cases decaying,ill] [--check]
+    python benchmarks/bench_decompose.py [--threads 2] [--repeat 3] [--rows 151936 --cols 896] [--cases mild,decaying,ill]
+                                         [--also-qr] [--check]
 """
 
 from __future__ import annotations
@@ -94,6 +99,8 @@ def spectrum(case: str, n: int):
     """The singular values of a case."""
     import torch
 
+    if case == "mild":
+        return torch.logspace(0, -1, n, dtype=torch.float64)
     if case == "decaying":
         return 1.0 / (1.0 + torch.arange(n, dtype=torch.float64) / 8)
     if case == "ill":
@@ -159,8 +166,8 @@ def child(method: str, case: str, m: int, n: int, check: bool) -> dict:
     matrix, task = build(case, m, n, with_task=check)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     wall, cpu = time.perf_counter(), time.process_time()
-    if method == "new":
-        left, singular = linalg.left_singular(matrix)
+    if method in ("new", "qr"):
+        left, singular = linalg.left_singular(matrix, method="auto" if method == "new" else "qr")
     elif method == "old":
         left, singular = old_left_singular(matrix)
     else:
@@ -201,10 +208,11 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=151_936)
     parser.add_argument("--cols", type=int, default=896)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--cases", default="decaying,ill")
+    parser.add_argument("--cases", default="mild,decaying,ill")
     parser.add_argument("--repeat", type=int, default=1, help="timed runs per method and case, interleaved (ratios of the fastest)")
     parser.add_argument("--check", action="store_true", help="also compare energies kept with numpy's float64 SVD")
-    parser.add_argument("--child", choices=["new", "old", "reference"])
+    parser.add_argument("--also-qr", action="store_true", help="also time the qr route forced")
+    parser.add_argument("--child", choices=["new", "old", "qr", "reference"])
     parser.add_argument("--case", default="decaying")
     args = parser.parse_args()
     if args.child:
@@ -217,17 +225,17 @@ def main() -> None:
     report = {"machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.platform()}",
               "threads": args.threads, "shape": [args.rows, args.cols], "cases": {}}
     for case in args.cases.split(","):
-        runs: dict[str, list[dict]] = {"old": [], "new": []}
+        runs: dict[str, list[dict]] = {"old": [], "new": [], **({"qr": []} if args.also_qr else {})}
         for _ in range(args.repeat):  # interleaved, so a change in the machine's load hits both alike
             for method in runs:
                 runs[method].append(in_subprocess(method, case, args))
         best = {method: min(results, key=lambda r: r["wall_s"]) for method, results in runs.items()}
-        entry = {"runs": runs, "wall_ratio_new_over_old": best["new"]["wall_s"] / best["old"]["wall_s"],
-                 "cpu_ratio_new_over_old": best["new"]["cpu_s"] / best["old"]["cpu_s"]}
+        entry = {"runs": runs, **{f"{kind}_ratio_{method}_over_old": best[method][f"{kind}_s"] / best["old"][f"{kind}_s"]
+                                  for method in runs if method != "old" for kind in ("wall", "cpu")}}
         if args.check:
             reference = in_subprocess("reference", case, args)
             entry["reference"] = reference
-            for method in ("old", "new"):
+            for method in runs:
                 entry[f"max_energy_error_{method}"] = max(
                     abs(a - b) for a, b in zip(best[method]["energies"], reference["energies"]))
         report["cases"][case] = entry

@@ -18,13 +18,17 @@ SCHEMES: tuple[str, ...] = ("parallel", "orthogonal", "opposite")
 SUBSPACE_KINDS: tuple[str, ...] = ("top_k", "random_k", "random")
 SCHEME_ALIASES = {"same": "parallel", "orth": "orthogonal", "opp": "opposite"}
 
-SVD_METHODS: tuple[str, ...] = ("auto", "qr", "svd")
+SVD_METHODS: tuple[str, ...] = ("auto", "gram", "qr", "svd")
 EPS64 = torch.finfo(torch.float64).eps
-# auto: the chunked float64 QR route when the long side is at least TALL_RATIO times the short side (embeddings, MLP
-# matrices; measured 10-25 % faster than float64 LAPACK SVD from 1.5:1 on), LAPACK's float64 SVD for near-square ones
-# (faster there, and its U is orthonormal to eps64 whatever the condition).
+# auto: the gram route (falling back to qr) when the long side is at least TALL_RATIO times the short side
+# (embeddings, MLP matrices), LAPACK's float64 SVD for near-square ones (faster there than QR first, and its U is
+# orthonormal to eps64 whatever the condition).
 TALL_RATIO = 2
-QR_BLOCK_ELEMENTS = 1 << 23  # float64 elements per row block of the chunked QR and of the U pass (64 MiB)
+# The Gram route's errors are those of the QR route times about the condition number kappa (orthogonality loss
+# ~ eps64 * kappa^2): it is used only when its own spectrum shows kappa <= GRAM_MAX_CONDITION (measured at 1e3:
+# orthogonality loss ~1e-9, energies within 1e-8 of numpy's float64 SVD); beyond, the QR route decides.
+GRAM_MAX_CONDITION = 1e3
+QR_BLOCK_ELEMENTS = 1 << 23  # float64 elements per row block of the chunked QR, the Gram and the U pass (64 MiB)
 RANK_RULE = ("numerical rank = #{sigma_i > sigma_max * max(m, n) * eps_float64} (numpy's matrix_rank); the directions "
              "below it are numerically zero and left out of every basis")
 
@@ -125,9 +129,9 @@ def numerical_rank(singular: torch.Tensor, shape: tuple[int, int]) -> int:
 
 
 def resolve_method(method: str, shape: tuple[int, int]) -> str:
-    """The decomposition `method` names for a matrix of this shape: qr or svd (auto: qr when long >= TALL_RATIO * short)."""
+    """The decomposition `method` names for a matrix of this shape (auto: gram when long >= TALL_RATIO * short, else svd)."""
     if method == "auto":
-        return "qr" if max(shape) >= TALL_RATIO * min(shape) else "svd"
+        return "gram" if max(shape) >= TALL_RATIO * min(shape) else "svd"
     if method not in SVD_METHODS:
         raise ValueError(f"unknown SVD method {method!r}; use {', '.join(SVD_METHODS)}")
     return method
@@ -158,23 +162,51 @@ def tall_r_factor(tall: torch.Tensor, rows: int | None = None) -> torch.Tensor:
     return stack[0]
 
 
+def left_from_right(matrix: torch.Tensor, right: torch.Tensor, singular: torch.Tensor) -> torch.Tensor:
+    """U = M V Sigma^-1 (float32 result) for right singular vectors V (n x k) of a tall M, in float64 row blocks."""
+    weights = right.double() / singular.double()
+    left = torch.empty(matrix.shape[0], right.shape[1], dtype=torch.float32, device=matrix.device)
+    rows = block_rows(matrix.shape[1])
+    for start in range(0, matrix.shape[0], rows):
+        left[start : start + rows] = matrix[start : start + rows].double() @ weights
+    return left
+
+
+def gram_matrix(tall: torch.Tensor) -> torch.Tensor:
+    """M^T M (n x n) in float64, accumulated over float64 row blocks."""
+    n = tall.shape[1]
+    gram = torch.zeros(n, n, dtype=torch.float64, device=tall.device)
+    rows = block_rows(n)
+    for start in range(0, tall.shape[0], rows):
+        block = tall[start : start + rows].double()
+        gram += block.T @ block
+    return gram
+
+
+def _gram_left(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Left factor from eigh of the float64 Gram matrix of the tall orientation, or None when the spectrum it shows
+    has a condition number above GRAM_MAX_CONDITION (then the caller takes the QR route)."""
+    m, n = matrix.shape
+    eigenvalues, vectors = torch.linalg.eigh(gram_matrix(matrix if m >= n else matrix.T))
+    singular, right = eigenvalues.flip(0).clamp_min(0).sqrt(), vectors.flip(1)
+    if not float(singular[-1]) * GRAM_MAX_CONDITION >= float(singular[0]):
+        return None
+    if m < n:  # a wide M's Gram matrix M M^T has M's left singular vectors as eigenvectors
+        return right.float(), singular
+    return left_from_right(matrix, right, singular), singular
+
+
 def _qr_left(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Left factor via float64 TSQR of the tall orientation, SVD of its n x n R, then U = M V Sigma^-1 in row blocks.
 
     A wide M's left vectors are R's right singular vectors (M^T = Q R), so only tall matrices need the U pass.
     """
     m, n = matrix.shape
-    tall = matrix if m >= n else matrix.T
-    _, singular, vh = torch.linalg.svd(tall_r_factor(tall))
+    _, singular, vh = torch.linalg.svd(tall_r_factor(matrix if m >= n else matrix.T))
     rank = numerical_rank(singular, (m, n))
     if m < n:
         return vh[:rank].T.float(), singular[:rank]
-    weights = vh[:rank].T / singular[:rank]
-    left = torch.empty(m, rank, dtype=torch.float32, device=matrix.device)
-    rows = block_rows(n)
-    for start in range(0, m, rows):
-        left[start : start + rows] = matrix[start : start + rows].double() @ weights
-    return left, singular[:rank]
+    return left_from_right(matrix, vh[:rank].T, singular[:rank]), singular[:rank]
 
 
 def _svd_left(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,13 +226,19 @@ def left_singular(matrix: torch.Tensor, *, method: str = "auto") -> tuple[torch.
 
     rank is the numerical rank (sigma > sigma_max * max(m, n) * eps_float64); the directions below it are numerically
     zero and left out, never replaced. A zero matrix gives an empty basis (m x 0). method: "qr" (chunked float64
-    Householder QR, SVD of R, U = M V Sigma^-1), "svd" (float64 LAPACK SVD), or "auto" (see resolve_method).
+    Householder QR, SVD of R, U = M V Sigma^-1), "svd" (float64 LAPACK SVD), "gram" (eigh of the float64 Gram matrix
+    when its spectrum shows a condition number <= GRAM_MAX_CONDITION, else qr), or "auto" (see resolve_method).
     """
     matrix = as_matrix(matrix)
     m, n = matrix.shape
     method = resolve_method(method, (m, n))
     if not torch.any(matrix):
         return matrix.new_zeros(m, 0, dtype=torch.float32), matrix.new_zeros(0, dtype=torch.float64)
+    if method == "gram":
+        found = _gram_left(matrix)
+        if found is not None:
+            return found
+        method = "qr"
     return _qr_left(matrix) if method == "qr" else _svd_left(matrix)
 
 

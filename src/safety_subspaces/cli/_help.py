@@ -41,7 +41,7 @@ def key_value(text: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
-SVD_METHOD_CHOICES = ["auto", "qr", "svd"]  # linalg.SVD_METHODS (kept literal so --help does not import torch)
+SVD_METHOD_CHOICES = ["auto", "gram", "qr", "svd"]  # linalg.SVD_METHODS (kept literal so --help does not import torch)
 
 
 def add_svd_method(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +49,8 @@ def add_svd_method(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--svd-method", default="auto", choices=SVD_METHOD_CHOICES,
         help="exact float64 decomposition: qr (Householder QR in row blocks, SVD of R; no whole float64 copy), "
-             "svd (LAPACK SVD of a float64 copy), or auto (default: qr when one side is at least twice the other)",
+             "svd (LAPACK SVD of a float64 copy), gram (eigh of the Gram matrix when its spectrum shows a condition "
+             "number <= 1e3, else qr), or auto (default: gram when one side is at least twice the other, else svd)",
     )
 
 
