@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -37,6 +39,10 @@ def zoo(tmp_path_factory) -> dict[str, Path]:
     with torch.no_grad():
         known.get_parameter(Q0).add_(frame @ torch.diag(SIGMA) @ right.T)
     paths["known"] = factories.save(known, root / "known", tokenizer=tokenizer)
+    partial = copy.deepcopy(model)  # only 3 input columns of Q0 moved: an update of rank 3 of r = 32
+    with torch.no_grad():
+        partial.get_parameter(Q0)[:, :3] += torch.randn(32, 3, generator=torch.Generator().manual_seed(9))
+    paths["partial"] = factories.save(partial, root / "partial", tokenizer=tokenizer)
     return paths
 
 
@@ -140,3 +146,23 @@ def test_run_directory_csv_figure_and_identity(zoo, tmp_path):
     run(zoo, tmp_path, updates, etas=[0.5, 0.9])  # the same run again into the same directory is fine
     with pytest.raises(UserError, match="different run"):
         run(zoo, tmp_path, updates, etas=[0.5])
+
+
+def test_rank_deficient_update_counts_its_null_directions(zoo, tmp_path):
+    result = run(zoo, tmp_path, {"partial": "partial", "useful": "useful"}, etas=[0.5, 1.0], tensors="q_proj", layers=[0])
+    (row_half, row_full) = [r for r in result.rows if r["scope"] == "tensor" and r["name"] == Q0]
+    assert (row_full["rank_a"], row_full["null_dirs_a"]) == (3, 29)
+    assert (row_full["rank_b"], row_full["null_dirs_b"]) == (32, 0)
+    assert row_full["k_a"] == 3  # η = 1 takes the whole numerical rank, never more
+    # MSO against numpy's float64 bases of the same differences
+    a, b = delta(zoo, "partial", Q0).double().numpy(), delta(zoo, "useful", Q0).double().numpy()
+    u_a, u_b = np.linalg.svd(a)[0], np.linalg.svd(b)[0]
+    for row in (row_half, row_full):
+        expected = float(np.sum((u_a[:, : row["k_a"]].T @ u_b[:, : row["k_b"]]) ** 2)) / min(row["k_a"], row["k_b"])
+        assert row["mso"] == pytest.approx(expected, abs=1e-6)
+    assert result.ranks["partial"][Q0] == (3, 32)
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["numerical_rank"]["partial"]["by_tensor"] == {Q0: 29}
+    assert manifest["numerical_rank"]["useful"]["tensors_with_null_dirs"] == 0
+    csv_row = next(r for r in read_csv(tmp_path / "run" / "weight_overlap.csv") if r["scope"] == "tensor")
+    assert (csv_row["rank_a"], csv_row["null_dirs_a"]) == ("3", "29")

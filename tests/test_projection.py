@@ -14,6 +14,7 @@ import factories
 from safety_subspaces import linalg
 from safety_subspaces.checkpoints import Checkpoint
 from safety_subspaces.cli import main
+from safety_subspaces.files import read_csv
 from safety_subspaces.project import ProjectConfig, WriteRequest, run_project
 from safety_subspaces.projection import AlignmentSubspaces, LiveModel, ProjectionSpec, TensorFilter
 
@@ -247,3 +248,75 @@ def test_live_model_apply_and_restore(cast):
     live.restore()
     for key, value in model.state_dict().items():
         assert torch.equal(value, original[key]), key
+
+
+EMBED, DOWN0 = "model.embed_tokens.weight", "model.layers.0.mlp.down_proj.weight"
+
+
+def rank_deficient_cast(root: Path) -> dict[str, Path]:
+    """Alignment moved only 10 token rows of the embedding (Δ_A of rank 10 of r = 32) and 5 input columns of one
+    MLP matrix (rank 5 of 32): numerically zero directions, exactly, as in real updates touching few tokens."""
+    base = factories.tiny_model("llama", seed=0, tie=False)
+    aligned = factories.perturbed(base, seed=1, rank=3)
+    with torch.no_grad():
+        aligned.get_parameter(EMBED)[10:] = base.get_parameter(EMBED)[10:]
+        aligned.get_parameter(DOWN0)[:, 5:] = base.get_parameter(DOWN0)[:, 5:]
+    tuned = factories.perturbed(aligned, seed=2, rank=2, scale=0.02)
+    return {n: factories.save(m, root / n) for n, m in {"base": base, "aligned": aligned, "useful": tuned}.items()}
+
+
+def test_rank_deficient_alignment_update_caps_k_and_counts_null_directions(tmp_path, capsys):
+    paths = rank_deficient_cast(tmp_path / "cast")
+    fractions = [0.25, 0.5, 0.99, 1.0]
+    code = main(["project", "--base", str(paths["base"]), "--aligned", str(paths["aligned"]), "--finetuned",
+                 f"useful={paths['useful']}", "--fractions", ",".join(map(str, fractions)), "--out", str(tmp_path / "run"),
+                 "--cache-dir", str(tmp_path / "cache")])
+    assert code == 0
+    tensors = Checkpoint(paths["aligned"]).names
+    assert f"numerical rank of Δ: 2 of {len(tensors)} tensors have numerically zero directions (49 in all" in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["numerical_rank"]["by_tensor"] == {EMBED: 22, DOWN0: 27}
+    assert manifest["numerical_rank"]["zero_tensors"] == 0
+    rows = [r for r in read_csv(tmp_path / "run" / "energy.csv") if r["scope"] == "tensor"]
+    embed = [r for r in rows if r["name"] == EMBED]
+    assert {(r["rank"], r["null_dirs"]) for r in embed} == {("10", "22")}
+    # k = max(1, round(ϱ·32)) capped at rank 10, the same for every kind
+    for row in embed:
+        assert int(row["k_total"]) == min(max(1, round(float(row["fraction"]) * 32)), 10)
+    assert {r["subspace"] for r in embed} == {"top_k", "random_k", "random"}
+    # Δ_A's column space is exactly the span of the 10 moved rows: at ϱ >= 0.99 top_k and random_k keep exactly
+    # Δ_T's energy in those rows (a completion by random vectors would keep more)
+    base, aligned, tuned = (Checkpoint(paths[n]) for n in ("base", "aligned", "useful"))
+    d_task = tuned.read(EMBED).double() - aligned.read(EMBED).double()
+    expected = float((d_task[:10] ** 2).sum() / (d_task**2).sum())
+    for row in embed:
+        if row["scheme"] == "parallel" and float(row["fraction"]) >= 0.99 and row["subspace"] != "random":
+            assert float(row["energy_kept"]) == pytest.approx(expected, abs=1e-6)
+    # the engine's frames: rank columns, nested, random kinds drawn from the rank directions only
+    subspaces = AlignmentSubspaces(base, aligned, cache_root=tmp_path / "cache")
+    spectrum = subspaces.spectrum(EMBED)
+    assert (spectrum.rank, spectrum.r, spectrum.null_dirs) == (10, 32, 22)
+    assert spectrum.left.shape == (128, 10)
+    assert float(spectrum.left[10:].abs().max()) < 1e-6  # every basis vector lies in the moved rows' span
+    for kind in ("random_k", "random"):
+        small, large = subspaces.frame(EMBED, kind, 4), subspaces.frame(EMBED, kind, 10)
+        torch.testing.assert_close(small, large[:, :4])
+        torch.testing.assert_close(large.T @ large, torch.eye(10), atol=1e-5, rtol=0)
+    assert subspaces.rank(EMBED, 1.0) == 10 and subspaces.rank(EMBED, 0.25) == 8
+    assert subspaces.cache.computed == 0  # the CLI run cached every spectrum (rank_bound included)
+
+
+def test_svd_method_choices_are_one_set_everywhere():
+    import typing
+
+    from safety_subspaces.cli._help import SVD_METHOD_CHOICES
+    from safety_subspaces.errors import UserError
+    from safety_subspaces.projection import check_svd_method
+    from safety_subspaces.study.config import Projection
+
+    assert tuple(SVD_METHOD_CHOICES) == linalg.SVD_METHODS == ("auto", "gram", "qr", "svd")
+    assert typing.get_args(typing.get_type_hints(Projection)["svd_method"]) == linalg.SVD_METHODS
+    for method in linalg.SVD_METHODS:
+        assert check_svd_method(method) == method
+    with pytest.raises(UserError, match="--svd-method 'eigh'"):
+        check_svd_method("eigh")

@@ -1,6 +1,6 @@
 """Pure linear algebra of the paper: bases, ranks, projections, energies, cosines and Mode Subspace Overlap.
 
-No files, no models: tensors in, tensors or floats out. Conventions (DESIGN.md §2-4):
+No files, no models: tensors in, tensors or floats out. Conventions (docs/design.md):
 a tensor is a matrix M (m x n) in its stored layout; 1-D tensors are (n x 1), >=3-D are (shape[0], -1);
 bases are orthonormal columns B (m x k) of the output (left) side; P = B B^T.
 """
@@ -18,9 +18,19 @@ SCHEMES: tuple[str, ...] = ("parallel", "orthogonal", "opposite")
 SUBSPACE_KINDS: tuple[str, ...] = ("top_k", "random_k", "random")
 SCHEME_ALIASES = {"same": "parallel", "orth": "orthogonal", "opp": "opposite"}
 
-# Gram-matrix eigh replaces the SVD when m >= GRAM_RATIO * n (very tall, e.g. vocab x hidden embeddings).
-GRAM_RATIO = 4
-GRAM_MAX_SIDE = 16384
+SVD_METHODS: tuple[str, ...] = ("auto", "gram", "qr", "svd")
+EPS64 = torch.finfo(torch.float64).eps
+# auto: the gram route (falling back to qr) when the long side is at least TALL_RATIO times the short side
+# (embeddings, MLP matrices), LAPACK's float64 SVD for near-square ones (faster there than QR first, and its U is
+# orthonormal to eps64 whatever the condition).
+TALL_RATIO = 2
+# The Gram route's errors are those of the QR route times about the condition number kappa (orthogonality loss
+# ~ eps64 * kappa^2): it is used only when its own spectrum shows kappa <= GRAM_MAX_CONDITION (measured at 1e3:
+# orthogonality loss ~1e-9, energies within 1e-8 of numpy's float64 SVD); beyond, the QR route decides.
+GRAM_MAX_CONDITION = 1e3
+QR_BLOCK_ELEMENTS = 1 << 23  # float64 elements per row block of the chunked QR, the Gram and the U pass (64 MiB)
+RANK_RULE = ("numerical rank = #{sigma_i > sigma_max * max(m, n) * eps_float64} (numpy's matrix_rank); the directions "
+             "below it are numerically zero and left out of every basis")
 
 
 def as_matrix(tensor: torch.Tensor) -> torch.Tensor:
@@ -53,12 +63,16 @@ def check_fraction(value: float, name: str = "fraction") -> float:
     return float(value)
 
 
-def rank_from_fraction(fraction: float, r: int) -> int:
-    """k = max(1, round(fraction * r)) (the reference code's rule; the paper writes floor); 0 when r = 0."""
+def rank_from_fraction(fraction: float, r: int, rank: int | None = None) -> int:
+    """k = max(1, round(fraction * r)) (the reference code's rule; the paper writes floor), capped at the numerical rank.
+
+    r = min(m, n); rank (default r) is the numerical rank of the decomposed matrix; 0 when either is 0.
+    """
     check_fraction(fraction)
-    if r <= 0:
+    cap = r if rank is None else min(rank, r)
+    if cap <= 0:
         return 0
-    return min(r, max(1, round(fraction * r)))
+    return min(cap, max(1, round(fraction * r)))
 
 
 def rank_from_energy(singular_values: torch.Tensor, eta: float, total_energy: float, *, rtol: float = 1e-6) -> int:
@@ -102,70 +116,130 @@ def inner(a: torch.Tensor, b: torch.Tensor, *, chunk: int = CHUNK) -> float:
     return math.fsum(float(x.double() @ y.double()) for x, y in flat_chunks(a, b, chunk=chunk))
 
 
+def rank_tolerance(sigma_max: float, shape: tuple[int, int]) -> float:
+    """sigma_max * max(m, n) * eps_float64: singular values at or below it are numerically zero (numpy's matrix_rank)."""
+    return float(sigma_max) * max(shape) * EPS64
+
+
+def numerical_rank(singular: torch.Tensor, shape: tuple[int, int]) -> int:
+    """How many singular values (descending) exceed the float64 rank tolerance of a matrix of this shape."""
+    if singular.numel() == 0:
+        return 0
+    return int((singular > rank_tolerance(float(singular[0]), shape)).sum())
+
+
+def resolve_method(method: str, shape: tuple[int, int]) -> str:
+    """The decomposition `method` names for a matrix of this shape (auto: gram when long >= TALL_RATIO * short, else svd)."""
+    if method == "auto":
+        return "gram" if max(shape) >= TALL_RATIO * min(shape) else "svd"
+    if method not in SVD_METHODS:
+        raise ValueError(f"unknown SVD method {method!r}; use {', '.join(SVD_METHODS)}")
+    return method
+
+
+def block_rows(columns: int) -> int:
+    """Rows per float64 block of a matrix with this many columns (at least 4 x columns, so TSQR folds rarely)."""
+    return max(4 * columns, QR_BLOCK_ELEMENTS // max(columns, 1))
+
+
+def tall_r_factor(tall: torch.Tensor, rows: int | None = None) -> torch.Tensor:
+    """R (n x n, float64) of a Householder QR of a tall matrix, from float64 row blocks (TSQR: no whole float64 copy).
+
+    Each block's R is stacked; when the stack reaches a block's height it is folded into one R by another QR.
+    """
+    m, n = tall.shape
+    rows = rows or block_rows(n)
+    stack: list[torch.Tensor] = []
+    height = 0
+    for start in range(0, m, rows):
+        stack.append(torch.linalg.qr(tall[start : start + rows].double(), mode="r").R)
+        height += stack[-1].shape[0]
+        if height >= rows and len(stack) > 1:
+            stack = [torch.linalg.qr(torch.cat(stack), mode="r").R]
+            height = stack[0].shape[0]
+    if len(stack) > 1:
+        return torch.linalg.qr(torch.cat(stack), mode="r").R
+    return stack[0]
+
+
+def left_from_right(matrix: torch.Tensor, right: torch.Tensor, singular: torch.Tensor) -> torch.Tensor:
+    """U = M V Sigma^-1 (float32 result) for right singular vectors V (n x k) of a tall M, in float64 row blocks."""
+    weights = right.double() / singular.double()
+    left = torch.empty(matrix.shape[0], right.shape[1], dtype=torch.float32, device=matrix.device)
+    rows = block_rows(matrix.shape[1])
+    for start in range(0, matrix.shape[0], rows):
+        left[start : start + rows] = matrix[start : start + rows].double() @ weights
+    return left
+
+
+def gram_matrix(tall: torch.Tensor) -> torch.Tensor:
+    """M^T M (n x n) in float64, accumulated over float64 row blocks."""
+    n = tall.shape[1]
+    gram = torch.zeros(n, n, dtype=torch.float64, device=tall.device)
+    rows = block_rows(n)
+    for start in range(0, tall.shape[0], rows):
+        block = tall[start : start + rows].double()
+        gram += block.T @ block
+    return gram
+
+
+def _gram_left(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Left factor from eigh of the float64 Gram matrix of the tall orientation, or None when the spectrum it shows
+    has a condition number above GRAM_MAX_CONDITION (then the caller takes the QR route)."""
+    m, n = matrix.shape
+    eigenvalues, vectors = torch.linalg.eigh(gram_matrix(matrix if m >= n else matrix.T))
+    singular, right = eigenvalues.flip(0).clamp_min(0).sqrt(), vectors.flip(1)
+    if not float(singular[-1]) * GRAM_MAX_CONDITION >= float(singular[0]):
+        return None
+    if m < n:  # a wide M's Gram matrix M M^T has M's left singular vectors as eigenvectors
+        return right.float(), singular
+    return left_from_right(matrix, right, singular), singular
+
+
+def _qr_left(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left factor via float64 TSQR of the tall orientation, SVD of its n x n R, then U = M V Sigma^-1 in row blocks.
+
+    A wide M's left vectors are R's right singular vectors (M^T = Q R), so only tall matrices need the U pass.
+    """
+    m, n = matrix.shape
+    _, singular, vh = torch.linalg.svd(tall_r_factor(matrix if m >= n else matrix.T))
+    rank = numerical_rank(singular, (m, n))
+    if m < n:
+        return vh[:rank].T.float(), singular[:rank]
+    return left_from_right(matrix, vh[:rank].T, singular[:rank]), singular[:rank]
+
+
 def _svd_left(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left singular vectors via LAPACK on the tall orientation."""
+    """Left factor via float64 LAPACK SVD of the tall orientation (a whole float64 copy of the matrix)."""
     m, n = matrix.shape
     if m >= n:
-        u, s, _ = torch.linalg.svd(matrix, full_matrices=False)
-        return u, s
-    _, s, vh = torch.linalg.svd(matrix.T, full_matrices=False)
-    return vh.T, s
-
-
-def _orthonormal_completion(basis: torch.Tensor, total_columns: int, seed: int = 0) -> torch.Tensor:
-    """Extend orthonormal columns to total_columns orthonormal columns (an arbitrary, seeded completion)."""
-    m, k = basis.shape
-    if k >= total_columns:
-        return basis
-    generator = torch.Generator().manual_seed(seed)
-    extra = torch.randn(m, total_columns - k, generator=generator, dtype=basis.dtype)
-    for _ in range(2):  # two rounds of projection keep the completion orthogonal to the basis in floating point
-        extra = extra - basis @ (basis.T @ extra)
-    q, _ = torch.linalg.qr(extra)
-    return torch.cat([basis, q], dim=1)
-
-
-def _gram_left(matrix: torch.Tensor, chunk_rows: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left singular vectors of a very tall matrix from eigh of its n x n Gram matrix (float64, row chunks)."""
-    m, n = matrix.shape
-    gram = torch.zeros(n, n, dtype=torch.float64, device=matrix.device)
-    for start in range(0, m, chunk_rows):
-        block = matrix[start : start + chunk_rows].double()
-        gram += block.T @ block
-    eigenvalues, vectors = torch.linalg.eigh(gram)
-    eigenvalues = eigenvalues.flip(0).clamp_min(0)
-    vectors = vectors.flip(1)
-    singular = eigenvalues.sqrt()
-    tolerance = float(singular[0]) * max(m, n) * torch.finfo(torch.float32).eps
-    keep = int((singular > tolerance).sum())
-    left = torch.empty(m, keep, dtype=torch.float32, device=matrix.device)
-    for start in range(0, m, chunk_rows):
-        block = matrix[start : start + chunk_rows].double()
-        left[start : start + chunk_rows] = ((block @ vectors[:, :keep]) / singular[:keep]).float()
-    if keep < n:
-        left = _orthonormal_completion(left, n)
-    return left, singular.float()
+        left, singular, _ = torch.linalg.svd(matrix.double(), full_matrices=False)
+    else:
+        _, singular, vh = torch.linalg.svd(matrix.T.double(), full_matrices=False)
+        left = vh.T
+    rank = numerical_rank(singular, (m, n))
+    return left[:, :rank].float(), singular[:rank]
 
 
 def left_singular(matrix: torch.Tensor, *, method: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact thin SVD's left factor U (m x r) and singular values (r,), descending, computed in fp32 or better.
+    """Left singular vectors U (m x rank, float32) and the rank singular values (float64), descending, computed in float64.
 
-    method: "svd" (LAPACK on the tall orientation), "gram" (eigh of the smaller Gram matrix in float64), or
-    "auto" (gram for very tall matrices, svd otherwise). A zero matrix gives an empty basis (m x 0).
+    rank is the numerical rank (sigma > sigma_max * max(m, n) * eps_float64); the directions below it are numerically
+    zero and left out, never replaced. A zero matrix gives an empty basis (m x 0). method: "qr" (chunked float64
+    Householder QR, SVD of R, U = M V Sigma^-1), "svd" (float64 LAPACK SVD), "gram" (eigh of the float64 Gram matrix
+    when its spectrum shows a condition number <= GRAM_MAX_CONDITION, else qr), or "auto" (see resolve_method).
     """
-    matrix = as_matrix(matrix).float()
+    matrix = as_matrix(matrix)
     m, n = matrix.shape
+    method = resolve_method(method, (m, n))
     if not torch.any(matrix):
-        return matrix.new_zeros(m, 0), matrix.new_zeros(0)
-    if method == "auto":
-        method = "gram" if (m >= GRAM_RATIO * n and n <= GRAM_MAX_SIDE) else "svd"
-    if method == "svd":
-        return _svd_left(matrix)
+        return matrix.new_zeros(m, 0, dtype=torch.float32), matrix.new_zeros(0, dtype=torch.float64)
     if method == "gram":
-        if m < n:
-            raise ValueError("gram method needs a tall matrix (m >= n)")
-        return _gram_left(matrix)
-    raise ValueError(f"unknown SVD method {method!r}; use auto, svd or gram")
+        found = _gram_left(matrix)
+        if found is not None:
+            return found
+        method = "qr"
+    return _qr_left(matrix) if method == "qr" else _svd_left(matrix)
 
 
 def haar_frame(m: int, k: int, seed: int, *, width: int | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -30,6 +30,7 @@ from .projection import (
 )
 from .linalg import canonical_scheme, SUBSPACE_KINDS
 from .names import check_name
+from .spectra import null_dirs_summary
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ class ProjectResult:
     decompositions: int = 0
     cache_hits: int = 0
     seconds: float = 0.0
+    ranks: dict[str, tuple[int, int]] = field(default_factory=dict)  # tensor -> (numerical rank of Δ, r = min(m, n))
 
 
 def open_inputs(config: ProjectConfig) -> Inputs:
@@ -170,13 +172,14 @@ def run_project(config: ProjectConfig) -> ProjectResult:
             method=config.svd_method, device=config.device,
         )
         with progress.bar("energy kept", total=len(names)) as update:
-            rows, _ = energy_table(
+            rows, records = energy_table(
                 subspaces, inputs.finetunes, names, kinds=config.subspaces, fractions=config.fractions,
                 schemes=config.schemes, on_tensor=lambda name: update(1, status=name),
             )
         written = write_models(config, inputs, subspaces, targets)
         result = ProjectResult(rows, Path(config.out), config.reference_kind, written,
-                               subspaces.cache.computed, subspaces.cache.reused, time.time() - started)
+                               subspaces.cache.computed, subspaces.cache.reused, time.time() - started,
+                               {r.name: (r.rank, r.rank + r.null_dirs) for r in records})
         write_run_dir(config, run_identity, result, len(names))
     return result
 
@@ -221,7 +224,8 @@ def write_run_dir(config: ProjectConfig, run_identity: dict, result: ProjectResu
         "cache_hits": result.cache_hits,
         "seconds": round(result.seconds, 3),
         "written_models": [str(p) for p in result.written],
-        "rank_rule": "k = max(1, round(fraction * min(m, n)))",
+        "rank_rule": "k = min(max(1, round(fraction * min(m, n))), numerical rank of the tensor's delta)",
+        "numerical_rank": null_dirs_summary(result.ranks),
         "inputs": run_identity,
     }
     with analysis_run_dir(config.out, run_identity, kind="project", manifest=manifest,

@@ -100,7 +100,7 @@ class ProjectionSpec:
         return f"{self.scheme}-{self.subspace}-{self.fraction:g}"
 
 
-SVD_METHODS = ("auto", "svd", "gram")
+SVD_METHODS = linalg.SVD_METHODS
 
 
 def check_svd_method(method: str) -> str:
@@ -139,9 +139,9 @@ class AlignmentSubspaces:
         return self._current[1]
 
     def rank(self, name: str, fraction: float) -> int:
-        """k for a rank fraction: max(1, round(fraction * r)), r = min(m, n); 0 when Δ is zero."""
+        """k for a rank fraction: max(1, round(fraction * r)), r = min(m, n), capped at Δ's numerical rank (0 when Δ = 0)."""
         spectrum = self.spectrum(name)
-        return 0 if spectrum.is_zero else linalg.rank_from_fraction(fraction, spectrum.left.shape[1])
+        return linalg.rank_from_fraction(fraction, spectrum.r, spectrum.rank)
 
     def frame(self, name: str, kind: str, k: int) -> torch.Tensor:
         """The first k columns of the subspace frame of a kind; seeded by (seed, tensor name, kind)."""
@@ -160,6 +160,8 @@ class TensorEnergies:
     total_align: float
     dot_task_align: float
     zero_align: bool
+    rank: int  # numerical rank of Δ_A/S
+    null_dirs: int  # r - rank: numerically zero directions of Δ_A/S, left out of every basis
     ranks: dict[float, int] = field(default_factory=dict)
     parallel: dict[tuple[str, float], float] = field(default_factory=dict)
 
@@ -183,7 +185,7 @@ def tensor_energies(
         delta_task = difference(checkpoint, subspaces.reference, name, device=subspaces.device)
         record = TensorEnergies(
             finetune, name, layer_index(name), linalg.frobenius_sq(delta_task), total_align,
-            linalg.inner(delta_task, delta_align), spectrum.is_zero, ranks,
+            linalg.inner(delta_task, delta_align), spectrum.is_zero, spectrum.rank, spectrum.null_dirs, ranks,
         )
         for kind, frame in frames.items():
             energies = linalg.parallel_energies(frame, delta_task, [ranks[f] for f in fractions])
@@ -203,7 +205,7 @@ def aggregate(
     scope: str,
     key: Callable[[TensorEnergies], str],
 ) -> list[dict]:
-    """Pool tensor statistics into energy-table rows (DESIGN.md §7 columns) at one scope."""
+    """Pool tensor statistics into energy-table rows (docs/design.md, result tables) at one scope."""
     groups: dict[tuple[str, str], list[TensorEnergies]] = defaultdict(list)
     for record in records:
         groups[(record.finetune, key(record))].append(record)
@@ -225,8 +227,10 @@ def aggregate(
                         "cos_task_align": cos_align,
                         "scope": scope, "name": name,
                     }
-                    if scope == "tensor" and members[0].zero_align:
-                        row["note"] = "delta_align is zero: empty basis"
+                    if scope == "tensor":
+                        row["rank"], row["null_dirs"] = members[0].rank, members[0].null_dirs
+                        if members[0].zero_align:
+                            row["note"] = "delta_align is zero: empty basis"
                     rows.append(row)
     return rows
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import torch
 
@@ -14,21 +15,53 @@ from .checkpoints import Checkpoint, write_safetensors
 from .files import atomic_write_text
 from .paths import svd_cache_dir
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: float64 decompositions, numerically zero directions left out (rank columns)
 
 
 @dataclass(frozen=True)
 class Spectrum:
-    """Left singular vectors (m x r), singular values (r,) and the exact ||M||_F^2 of one difference tensor."""
+    """Left singular vectors (m x rank), singular values (rank,) and the exact ||M||_F^2 of one matrix.
+
+    rank is the numerical rank; rank_bound is r = min(m, n) (None: the columns are all r directions).
+    """
 
     left: torch.Tensor
     singular: torch.Tensor
     total: float
+    rank_bound: int | None = None
+
+    @property
+    def rank(self) -> int:
+        """The numerical rank: how many directions the basis holds."""
+        return int(self.left.shape[1])
+
+    @property
+    def r(self) -> int:
+        """r = min(m, n) of the decomposed matrix."""
+        return self.rank if self.rank_bound is None else self.rank_bound
+
+    @property
+    def null_dirs(self) -> int:
+        """r - rank: the numerically zero directions left out of the basis."""
+        return self.r - self.rank
 
     @property
     def is_zero(self) -> bool:
         """Whether the difference is exactly zero (an empty basis)."""
-        return self.left.shape[1] == 0
+        return self.rank == 0
+
+
+def null_dirs_summary(ranks: Mapping[str, tuple[int, int]]) -> dict:
+    """The account of numerically zero directions from {tensor: (rank, r)}: the rule, counts, and r - rank by tensor."""
+    deficient = {name: r - rank for name, (rank, r) in ranks.items() if rank < r}
+    return {
+        "rule": linalg.RANK_RULE,
+        "tensors": len(ranks),
+        "tensors_with_null_dirs": len(deficient),
+        "zero_tensors": sum(1 for rank, _ in ranks.values() if rank == 0),
+        "null_dirs": sum(deficient.values()),
+        "by_tensor": deficient,
+    }
 
 
 def difference(minuend: Checkpoint, subtrahend: Checkpoint, name: str, *, device: str = "cpu") -> torch.Tensor:
@@ -67,8 +100,9 @@ class SpectrumCache:
 
         try:
             with safe_open(str(path), framework="pt", device="cpu") as handle:
-                total = float(handle.metadata()["total"])
-                return Spectrum(handle.get_tensor("left"), handle.get_tensor("singular"), total)
+                meta = handle.metadata()
+                return Spectrum(handle.get_tensor("left"), handle.get_tensor("singular"), float(meta["total"]),
+                                int(meta["rank_bound"]))
         except Exception:
             return None
 
@@ -76,7 +110,7 @@ class SpectrumCache:
         """Write one tensor's spectrum atomically."""
         write_safetensors(
             self._path(name), {"left": spectrum.left, "singular": spectrum.singular},
-            {"total": repr(spectrum.total), "name": name},
+            {"total": repr(spectrum.total), "rank_bound": str(spectrum.r), "name": name},
         )
         meta = self.directory / "meta.json"
         if not meta.exists():
@@ -95,7 +129,7 @@ class SpectrumCache:
         if delta is None:
             delta = difference(self.minuend, self.subtrahend, name, device=self.device)
         left, singular = linalg.left_singular(delta, method=self.method)
-        spectrum = Spectrum(left.cpu(), singular.cpu(), linalg.frobenius_sq(delta))
+        spectrum = Spectrum(left.cpu(), singular.cpu(), linalg.frobenius_sq(delta), linalg.matrix_rank_bound(delta.shape))
         self.store(name, spectrum)
         self.computed += 1
         return spectrum

@@ -90,3 +90,23 @@ def name_help() -> str:
     from ..names import NAME_RULE
 
     return f"NAME becomes part of file names: {NAME_RULE}"
+
+
+SVD_METHOD_CHOICES = ["auto", "gram", "qr", "svd"]  # linalg.SVD_METHODS (kept literal so --help does not import torch)
+
+
+def add_svd_method(parser: argparse.ArgumentParser) -> None:
+    """Add --svd-method: which exact float64 decomposition gives the left singular vectors."""
+    parser.add_argument(
+        "--svd-method", default="auto", choices=SVD_METHOD_CHOICES,
+        help="exact float64 decomposition: qr (Householder QR in row blocks, SVD of R; no whole float64 copy), "
+             "svd (LAPACK SVD of a float64 copy), gram (eigh of the Gram matrix when its spectrum shows a condition "
+             "number <= 1e3, else qr), or auto (default: gram when one side is at least twice the other, else svd)",
+    )
+
+
+def rank_line(summary: dict, what: str) -> str:
+    """One line on numerically zero directions from spectra.null_dirs_summary."""
+    return (f"numerical rank of {what}: {summary['tensors_with_null_dirs']} of {summary['tensors']} tensors have "
+            f"numerically zero directions ({summary['null_dirs']} in all; {summary['zero_tensors']} tensors entirely "
+            "zero), left out of every basis")

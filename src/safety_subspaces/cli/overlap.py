@@ -8,7 +8,7 @@ import math
 import sys
 from pathlib import Path
 
-from ._help import add_allow_pickle, add_command, csv_list, key_value, name_help
+from ._help import add_allow_pickle, add_command, add_svd_method, csv_list, key_value, name_help, rank_line
 
 ETA_DEFAULT = "0.01,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,0.99"
 
@@ -84,8 +84,7 @@ def register_weights(analyses, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs", type=csv_list(str), metavar="A:B,...", help="only these pairs (default: every pair)")
     parser.add_argument("--out", required=True, type=Path, help="run directory (config.yaml, manifest.json, weight_overlap.csv, figures/)")
     parser.add_argument("--cache-dir", type=Path, help="SVD cache directory (default ~/.cache/safety-subspaces/svd)")
-    parser.add_argument("--svd-method", default="auto", choices=["auto", "svd", "gram"],
-                        help="exact decomposition: LAPACK SVD, Gram eigh for very tall matrices, or auto (default)")
+    add_svd_method(parser)
     parser.add_argument("--device", default="auto", help="where to decompose: auto, cpu, cuda (default auto)")
     add_allow_pickle(parser)
     parser.add_argument("--trust-remote-code", action="store_true", help="accept models that declare custom code")
@@ -170,6 +169,7 @@ def device_of(text: str) -> str:
 def run_weights(args: argparse.Namespace) -> int:
     """Run the weight-overlap analysis and print the depth-percentile tables."""
     from ..overlap.weights import AGGREGATION, WeightOverlapConfig, run_weight_overlap
+    from ..spectra import null_dirs_summary
 
     config = WeightOverlapConfig(
         reference=args.reference, updates=named(args.update, "--update"), out=args.out, etas=parse_etas(args.eta),
@@ -179,9 +179,11 @@ def run_weights(args: argparse.Namespace) -> int:
     )
     result = run_weight_overlap(config)
     depth = [row for row in result.rows if row["scope"] == "depth"]
+    ranks = {update: null_dirs_summary(by_tensor) for update, by_tensor in result.ranks.items()}
     if args.json:
         json.dump({"run_dir": str(result.run_dir), "aggregation": AGGREGATION, "depth_layers": result.depth_layers,
-                   "rows": depth, "notes": result.notes}, sys.stdout, indent=2, default=_json_number)
+                   "rows": depth, "notes": result.notes, "numerical_rank": ranks}, sys.stdout, indent=2,
+                  default=_json_number)
         sys.stdout.write("\n")
         return 0
     for label, layer in result.depth_layers.items():
@@ -190,6 +192,8 @@ def run_weights(args: argparse.Namespace) -> int:
     print(f"\n{AGGREGATION}.")
     for note in result.notes:
         print(f"note: {note}")
+    for update, summary in ranks.items():
+        print(rank_line(summary, f"update {update}"))
     print(f"run directory: {result.run_dir} (weight_overlap.csv has tensor, layer and depth rows)")
     print(f"decompositions: {result.decompositions} computed, {result.cache_hits} reused from the cache; {result.seconds:.1f}s")
     return 0

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ._help import add_allow_pickle, add_command, csv_list, key_value, name_help, positive
+from ._help import add_allow_pickle, add_command, add_svd_method, csv_list, key_value, name_help, positive, rank_line
 
 EXAMPLES = """\
   safety-subspaces project --base B --aligned A \\
@@ -52,8 +52,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--models-out", type=Path, help="directory for projected checkpoints (MODELS_OUT/FT/SCHEME-SUBSPACE-FRACTION)")
     parser.add_argument("--shard-size", type=positive(float), default=2.0, help="max shard size of written checkpoints in GB (default 2)")
     parser.add_argument("--cache-dir", type=Path, help="SVD cache directory (default ~/.cache/safety-subspaces/svd)")
-    parser.add_argument("--svd-method", default="auto", choices=["auto", "svd", "gram"],
-                        help="exact decomposition: LAPACK SVD, Gram eigh for very tall matrices, or auto (default)")
+    add_svd_method(parser)
     parser.add_argument("--device", default="auto", help="where to decompose and project: auto, cpu, cuda (default auto)")
     add_allow_pickle(parser)
     parser.add_argument("--trust-remote-code", action="store_true", help="accept models that declare custom code")
@@ -64,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import UserError
     from ..models import default_device
     from ..project import ProjectConfig, WriteRequest, run_project
+    from ..spectra import null_dirs_summary
 
     finetunes: dict[str, str] = {}
     for name, path in args.finetuned:
@@ -93,13 +93,15 @@ def run(args: argparse.Namespace) -> int:
     )
     result = run_project(config)
     model_rows = [row for row in result.rows if row["scope"] == "model"]
+    ranks = null_dirs_summary(result.ranks)
     if args.json:
         json.dump({"reference": result.reference_kind, "run_dir": str(result.run_dir), "rows": model_rows,
-                   "written": [str(p) for p in result.written]}, sys.stdout, indent=2)
+                   "written": [str(p) for p in result.written], "numerical_rank": ranks}, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         print_energy(model_rows, result.reference_kind, config.fractions)
         print(f"\nrun directory: {result.run_dir} (energy.csv has model, layer and tensor scopes)")
+        print(rank_line(ranks, "Δ") + " (rank, null_dirs in energy.csv)")
         print(f"decompositions: {result.decompositions} computed, {result.cache_hits} reused from the cache; {result.seconds:.1f}s")
         for path in result.written:
             print(f"wrote {path}")

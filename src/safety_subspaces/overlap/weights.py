@@ -7,6 +7,7 @@ one cross product of two bases then gives the MSO at every η. Tensors stream on
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import platform
 import time
@@ -22,7 +23,7 @@ from ..errors import UserError
 from ..files import analysis_run_dir, check_run_dir, output_lock
 from ..names import check_name
 from ..projection import TensorFilter, check_svd_method
-from ..spectra import Spectrum, SpectrumCache
+from ..spectra import Spectrum, SpectrumCache, null_dirs_summary
 from .common import (
     DEFAULT_ETAS,
     check_etas,
@@ -90,6 +91,7 @@ class WeightOverlapResult:
     cache_hits: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    ranks: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)  # update -> tensor -> (rank, r)
 
 
 class UpdateSpectra:
@@ -137,11 +139,14 @@ def tensor_rows(name: str, spectra: Mapping[str, Spectrum], pairs: Sequence[tupl
                 device: str = "cpu") -> list[dict]:
     """Rows of one tensor: the MSO curve of every pair of updates."""
     layer = layer_index(name)
-    moved = {key: Spectrum(s.left.to(device), s.singular, s.total) for key, s in spectra.items()}
+    moved = {key: dataclasses.replace(s, left=s.left.to(device)) for key, s in spectra.items()}
     rows = []
     for a, b in pairs:
+        ranks = {"rank_a": moved[a].rank, "rank_b": moved[b].rank,
+                 "null_dirs_a": moved[a].null_dirs, "null_dirs_b": moved[b].null_dirs}
         for point in mso_curve(moved[a], moved[b], etas):
-            rows.append({"pair": pair_label(a, b), "name": name, "layer": layer, **point, "scope": "tensor", "tensors": 1})
+            rows.append({"pair": pair_label(a, b), "name": name, "layer": layer, **point, "scope": "tensor", "tensors": 1,
+                         **ranks})
     return rows
 
 
@@ -204,12 +209,15 @@ def overlap_rows(reference: Checkpoint, updates: Mapping[str, Checkpoint], names
     }
     needed = sorted({name for pair in pairs for name in pair}, key=list(updates).index)
     rows: list[dict] = []
+    ranks: dict[str, dict[str, tuple[int, int]]] = {key: {} for key in needed}
     with progress.bar("weight overlap", total=len(names)) as update:
         for name in names:
             reference_tensor = functools.cache(
                 lambda: reference.read(name).to(device=device, dtype=torch.float32)  # noqa: B023 (same iteration)
             )
             spectra = {key: sources[key].get(name, reference_tensor) for key in needed}
+            for key, spectrum in spectra.items():
+                ranks[key][name] = (spectrum.rank, spectrum.r)
             rows.extend(tensor_rows(name, spectra, pairs, etas, device))
             update(1, status=name)
     labels = [pair_label(a, b) for a, b in pairs]
@@ -221,6 +229,7 @@ def overlap_rows(reference: Checkpoint, updates: Mapping[str, Checkpoint], names
     return WeightOverlapResult(
         [*depth, *layers, *rows], Path(), labels, chosen,
         sum(s.computed for s in sources.values()), sum(s.reused for s in sources.values()), time.time() - started, notes,
+        ranks,
     )
 
 
@@ -251,6 +260,7 @@ def write_run_dir(config: WeightOverlapConfig, run_identity: dict, result: Weigh
         "updates": {name: f"W_{name} − W_reference" for name in config.updates},
         "mso": "||Q_a^T Q_b||_F^2 / min(k_a, k_b); k = smallest rank holding eta of the exact ||M||_F^2; "
                "mso_random = max(k_a, k_b) / d (d = output side of the tensor)",
+        "numerical_rank": {key: null_dirs_summary(ranks) for key, ranks in result.ranks.items()},
         "aggregation": AGGREGATION,
         "depth_rule": DEPTH_RULE,
         "num_layers": total_layers,

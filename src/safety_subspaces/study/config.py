@@ -123,7 +123,7 @@ class Projection:
     layers: Literal["all", "each"] | list[int] = "all"
     tensors: str | None = None
     energy: bool = True
-    svd_method: Literal["auto", "svd", "gram"] = "auto"
+    svd_method: Literal["auto", "gram", "qr", "svd"] = "auto"  # linalg.SVD_METHODS
 
     def check(self, where: str) -> None:
         """Fractions in (0, 1]; a non-empty grid needs subspaces and fractions."""
