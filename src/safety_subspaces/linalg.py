@@ -109,6 +109,11 @@ def flat_chunks(*tensors: torch.Tensor, chunk: int = CHUNK) -> Iterator[tuple[to
         yield tuple(part[start : start + chunk] for part in flat)
 
 
+def all_finite(tensor: torch.Tensor, chunk: int = CHUNK) -> bool:
+    """Whether a tensor holds no NaN or Inf (checked in chunks, so no whole-size temporary)."""
+    return all(bool(torch.isfinite(part).all()) for (part,) in flat_chunks(tensor, chunk=chunk))
+
+
 def inner(a: torch.Tensor, b: torch.Tensor, *, chunk: int = CHUNK) -> float:
     """<a, b> over all entries, accumulated in float64 (chunk by chunk, so no whole-size float64 copies)."""
     if a.shape != b.shape:

@@ -32,6 +32,15 @@ def threads_from_env() -> int:
     return int(text)
 
 
+def resolve_device(device: str | None = "auto") -> str:
+    """The device to run on: "auto" (or None) is cuda when available, else cpu; anything else as given."""
+    if device in (None, "", "auto"):
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
 def stable_seed(*parts: object) -> int:
     """A 63-bit seed derived from the parts, independent of PYTHONHASHSEED and visiting order."""
     import hashlib

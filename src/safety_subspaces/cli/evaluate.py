@@ -112,9 +112,9 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 def _device(args: argparse.Namespace) -> str:
     """The device to run on."""
-    from ..models import default_device
+    from ..runtime import resolve_device
 
-    return default_device() if args.device == "auto" else args.device
+    return resolve_device(args.device)
 
 
 def _out_dir(kind: str, args: argparse.Namespace, keys: list[str]) -> Path:

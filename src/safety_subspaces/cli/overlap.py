@@ -161,9 +161,9 @@ def parse_etas(value) -> list:
 
 def device_of(text: str) -> str:
     """--device auto resolved."""
-    from ..models import default_device
+    from ..runtime import resolve_device
 
-    return default_device() if text == "auto" else text
+    return resolve_device(text)
 
 
 def run_weights(args: argparse.Namespace) -> int:

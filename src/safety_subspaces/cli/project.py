@@ -61,7 +61,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the projection analysis and print the model-level energy table."""
     from ..errors import UserError
-    from ..models import default_device
+    from ..runtime import resolve_device
     from ..project import ProjectConfig, WriteRequest, run_project
     from ..spectra import null_dirs_summary
 
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         shard_bytes=int(args.shard_size * 1024**3),
         cache_dir=args.cache_dir,
         svd_method=args.svd_method,
-        device=default_device() if args.device == "auto" else args.device,
+        device=resolve_device(args.device),
         allow_pickle=args.allow_pickle,
         trust_remote_code=args.trust_remote_code,
     )

@@ -277,7 +277,9 @@ class ClassifierJudge(Judge):
     def __init__(self, *, model: str | Path | None = None, words: Sequence[str] | None = None,
                  harmful_label: str | None = None, batch_size: int = 8, device: str | None = None,
                  max_length: int = 2048, trust_remote_code: bool = False, allow_pickle: bool = False):
-        from ..models import check_remote_code, default_device, load_tokenizer, read_config, resolve_model
+        from ..models import load_tokenizer
+        from ..runtime import resolve_device
+        from ..model_dir import check_remote_code, read_config, resolve_model
 
         if not model:
             raise UserError("the classifier judge needs a model: pass --judge-model PATH")
@@ -288,7 +290,7 @@ class ClassifierJudge(Judge):
         architectures = read_config(directory, role="judge model").get("architectures") or []
         self.path = str(model)
         self.sequence = any(name.endswith("ForSequenceClassification") for name in architectures)
-        self.device = device or default_device()
+        self.device = resolve_device(device)
         self.batch_size = batch_size
         self.max_length = max_length
         self.tokenizer = load_tokenizer(directory, trust_remote_code=trust_remote_code, role="judge model")
@@ -363,7 +365,8 @@ def _load_classifier(directory: Path, sequence: bool, trust_remote_code: bool, a
     """Load the classifier model class its config names (safetensors only unless pickle is allowed; finite weights)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from ..models import check_finite_weights, safetensors_only
+    from ..models import check_finite_weights
+    from ..model_dir import safetensors_only
 
     cls = AutoModelForSequenceClassification if sequence else AutoModelForCausalLM
     use_safetensors = safetensors_only(directory, role="judge model", allow_pickle=allow_pickle)

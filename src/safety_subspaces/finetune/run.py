@@ -84,7 +84,7 @@ def _dtype_name(dtype) -> str:
 
 def _source_dtype(model_dir: Path) -> str | None:
     """The dtype a checkpoint directory stores its weights in, from config.json."""
-    from ..models import read_config
+    from ..model_dir import read_config
 
     config = read_config(model_dir)
     return config.get("dtype") or config.get("torch_dtype")
@@ -200,7 +200,7 @@ def finetune(
     import torch
 
     from ..data import fingerprint
-    from ..models import default_device
+    from ..runtime import resolve_device
 
     recipe = (recipe or Recipe()).validate()
     if stop is not None and recipe.method == "dpo":
@@ -213,7 +213,7 @@ def finetune(
                                                           allow_pickle=allow_pickle, train_dtype=train_dtype)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        device = device or default_device()
+        device = resolve_device(device)
         model.to(device)
         start_wall, start_cpu = time.perf_counter(), time.process_time()
         torch.manual_seed(recipe.seed)

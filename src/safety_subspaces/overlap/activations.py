@@ -23,7 +23,7 @@ from ..data import in_zoo, load_prompts, load_records
 from ..errors import UserError
 from ..files import analysis_run_dir, check_run_dir, output_lock
 from ..names import check_name
-from ..models import read_config, resolve_model
+from ..model_dir import read_config, resolve_model
 from ..spectra import Spectrum
 from .capture import CaptureStats, Moments, Window, capture
 from .common import (

@@ -12,7 +12,7 @@ from ..errors import UserError
 from ..files import read_text
 from ..linalg import check_fraction
 from ..names import check_name
-from .schema import as_plain, build
+from ..schema import as_plain, build
 
 ModelRole = Literal["base", "aligned", "safety_tuned"]
 Metric = Literal["utility", "harm", "benign"]

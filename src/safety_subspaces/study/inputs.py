@@ -58,7 +58,7 @@ def is_hub_id(reference: str) -> bool:
 
 def resolve_model_path(reference: str, role: str, *, offline: bool, checked: CheckedInputs) -> str | None:
     """A local directory for a model reference (organism:NAME, a directory, a hub id); None when offline can't tell."""
-    from ..models import resolve_model
+    from ..model_dir import resolve_model
 
     name = organism_name(reference, role)
     if name is not None:
@@ -122,13 +122,14 @@ def check_recipes(study: Study, *, offline: bool, checked: CheckedInputs) -> Non
 
 def check_data_reference(text: str, where: str, *, offline: bool, checked: CheckedInputs) -> None:
     """A data name that load_training_data accepts: a named set, a file that exists, organism:NAME, or a hub id."""
-    from ..data import CONTAMINATED, SOURCES, TRAINING_SETS, looks_like_file, resolve_organism
+    from ..data import CONTAMINATED, SOURCES, TRAINING_SETS, looks_like_file
+    from ..paths import zoo_data_file
 
     name = organism_name(text, where)
     if name is not None:
         zoo = zoo_ready(offline, checked)
         if zoo is not None:
-            resolve_organism(name, zoo)
+            zoo_data_file(name, zoo)
         return
     if text in TRAINING_SETS or text == CONTAMINATED or text in SOURCES or Path(text).expanduser().is_file():
         return
@@ -193,7 +194,7 @@ def check_utility(study: Study, *, offline: bool, checked: CheckedInputs) -> Non
     if utility.task == ORGANISM_TASK and not utility.data_files:
         zoo = zoo_ready(offline, checked)
         if zoo is not None:
-            from ..organism import zoo_data_file
+            from ..paths import zoo_data_file
 
             zoo_data_file("arithmetic_eval", zoo)
     elif not utility.data_files and offline:
@@ -204,9 +205,9 @@ def check_judge(study: Study, *, offline: bool, checked: CheckedInputs) -> None:
     """The harm judge can be built as configured: rubric file, endpoint, model and its key in the environment;
     a classifier judge's model directory (loaded only by the jobs)."""
     from ..evaluate.judges import make_judge
-    from ..models import check_remote_code
+    from ..model_dir import check_remote_code
     from .handlers import judge_options
-    from .schema import as_plain
+    from ..schema import as_plain
 
     harm = study.evaluation.harm
     if harm is None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .config import Study
-from .schema import as_plain
+from ..schema import as_plain
 
 TABLES = {"energy": "energy", "evaluate": "evaluation", "weight_overlap": "weight_overlap",
           "activation_overlap": "activation_overlap"}

@@ -86,7 +86,7 @@ def materialise(study: Study, run_dir: Path, paths: dict[str, str]) -> dict[str,
 
 def num_layers(path: str) -> int:
     """Decoder layers of a model (from its config)."""
-    from ..models import read_config
+    from ..model_dir import read_config
 
     config = read_config(Path(path))
     return int(config.get("num_hidden_layers") or config.get("text_config", {}).get("num_hidden_layers") or 0)
@@ -145,7 +145,7 @@ def run_jobs(study: Study, run_dir: Path, given: dict[str, str], inputs: dict[st
              threads: int | None) -> RunResult:
     """Materialise recipe models, plan the jobs, skip finished ones and execute the rest, recording each."""
     from ..checkpoints import Checkpoint
-    from ..models import default_device
+    from ..runtime import resolve_device
 
     store = Store(run_dir / STORE)
     try:
@@ -158,7 +158,7 @@ def run_jobs(study: Study, run_dir: Path, given: dict[str, str], inputs: dict[st
         pending = [job for job in jobs if job.id not in done]
         write_manifest(run_dir, study, paths, fingerprints, len(jobs))
         device = study.device if device == "auto" else device
-        context = Context(study_document(study), paths, str(run_dir), default_device() if device == "auto" else device,
+        context = Context(study_document(study), paths, str(run_dir), resolve_device(device),
                           threads or study.threads, pass_environment())
         result = RunResult(run_dir, len(jobs), len(jobs) - len(pending), 0)
         if pending:
