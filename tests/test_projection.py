@@ -12,11 +12,13 @@ from safetensors import safe_open
 
 import factories
 from safety_subspaces import linalg
-from safety_subspaces.checkpoints import Checkpoint
+from safety_subspaces.checkpoints import Checkpoint, TensorFilter
 from safety_subspaces.cli import main
 from safety_subspaces.files import read_csv
 from safety_subspaces.project import ProjectConfig, WriteRequest, run_project
-from safety_subspaces.projection import AlignmentSubspaces, LiveModel, ProjectionSpec, TensorFilter
+from safety_subspaces.edits import ProjectionSpec
+from safety_subspaces.edits.apply import LiveModel
+from safety_subspaces.subspaces import AlignmentSubspaces
 
 FINETUNES = ("useful", "harmful", "contaminated")
 

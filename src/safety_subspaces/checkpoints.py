@@ -57,6 +57,43 @@ def layer_index(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+@dataclass(frozen=True)
+class TensorFilter:
+    """Which tensors a projection touches: a name regex and/or decoder layer indices (all by default)."""
+
+    pattern: str | None = None
+    layers: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise UserError(f"--tensors {self.pattern!r} is not a valid regular expression ({exc})") from None
+
+    @classmethod
+    def of(cls, tensors: str | None, layers: Sequence[int] | None) -> "TensorFilter":
+        """A filter from CLI-style options (layers as any sequence)."""
+        return cls(tensors, tuple(layers) if layers is not None else None)
+
+    def __call__(self, name: str) -> bool:
+        """Whether a tensor is selected."""
+        if self.pattern is not None and not re.search(self.pattern, name):
+            return False
+        if self.layers is not None and layer_index(name) not in self.layers:
+            return False
+        return True
+
+    def describe(self) -> str:
+        """A short human description."""
+        parts = []
+        if self.pattern:
+            parts.append(f"tensors ~ /{self.pattern}/")
+        if self.layers is not None:
+            parts.append("layers " + ",".join(map(str, self.layers)))
+        return "; ".join(parts) or "all tensors"
+
+
 def read_safetensors_header(path: Path, *, role: str) -> dict[str, TensorInfo]:
     """Parse and validate a safetensors header (a truncated or corrupt file is a UserError)."""
     try:

@@ -14,22 +14,13 @@ from . import __version__, progress
 from .checkpoints import Checkpoint, write_checkpoint
 from .errors import UserError
 from .files import analysis_run_dir, check_run_dir, output_lock, staged_dir
-from .projection import (
-    DEFAULT_FRACTIONS,
-    DEFAULT_SCHEMES,
-    DEFAULT_SUBSPACES,
-    ENERGY_COLUMNS,
-    AlignmentSubspaces,
-    Inputs,
-    ProjectionSpec,
-    TensorFilter,
-    check_fraction,
-    check_svd_method,
-    energy_table,
-    projected_state,
-)
-from .linalg import canonical_scheme, SUBSPACE_KINDS
+from .checkpoints import TensorFilter
+from .edits import PAPER_SCHEMES, EditInputs, ProjectionSpec, check_fraction
+from .edits.apply import edited_state
+from .edits.projections import projection_class
 from .names import check_name
+from .projection import DEFAULT_FRACTIONS, ENERGY_COLUMNS, Inputs, check_svd_method, energy_table
+from .subspaces import PAPER_KINDS, SUBSPACES, AlignmentSubspaces
 from .spectra import null_dirs_summary
 
 
@@ -58,9 +49,9 @@ class ProjectConfig:
     finetunes: dict[str, str]
     out: Path
     reference_kind: str = "aligned"
-    subspaces: Sequence[str] = DEFAULT_SUBSPACES
+    subspaces: Sequence[str] = PAPER_KINDS
     fractions: Sequence[float] = DEFAULT_FRACTIONS
-    schemes: Sequence[str] = DEFAULT_SCHEMES
+    schemes: Sequence[str] = PAPER_SCHEMES
     seed: int = 0
     tensors: str | None = None
     layers: Sequence[int] | None = None
@@ -82,13 +73,8 @@ class ProjectConfig:
         if not self.shard_bytes >= 1:
             raise UserError(f"--shard-size must be positive (in GB), got {self.shard_bytes / 1024**3:g}")
         self.fractions = [check_fraction(f, "--fractions") for f in self.fractions]
-        try:
-            self.schemes = [canonical_scheme(s) for s in self.schemes]
-        except ValueError as exc:
-            raise UserError(f"--schemes: {exc}") from None
-        unknown = [s for s in self.subspaces if s not in SUBSPACE_KINDS]
-        if unknown:
-            raise UserError(f"--subspaces: unknown kind {unknown[0]!r}; use {', '.join(SUBSPACE_KINDS)}")
+        self.schemes = [projection_class(s, "--schemes").name for s in self.schemes]
+        self.subspaces = [SUBSPACES.canonical(s, "--subspaces") for s in self.subspaces]
         if self.writes and self.models_out is None:
             raise UserError("--write needs --models-out DIR")
         for request in self.writes:
@@ -200,7 +186,7 @@ def write_models(config: ProjectConfig, inputs: Inputs, subspaces: AlignmentSubs
             }
             write_checkpoint(
                 stage / relative,
-                projected_state(subspaces, inputs.finetunes[finetune], spec, config.select),
+                edited_state(spec, EditInputs(subspaces, inputs.finetunes[finetune]), config.select),
                 template=inputs.reference, shard_bytes=config.shard_bytes,
                 extra_files={"projection.json": json.dumps(note, indent=2) + "\n"},
             )

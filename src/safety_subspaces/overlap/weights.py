@@ -22,7 +22,8 @@ from ..checkpoints import Checkpoint, check_compatible, layer_index
 from ..errors import UserError
 from ..files import analysis_run_dir, check_run_dir, output_lock
 from ..names import check_name
-from ..projection import TensorFilter, check_svd_method
+from ..checkpoints import TensorFilter
+from ..projection import check_svd_method
 from ..spectra import Spectrum, SpectrumCache, null_dirs_summary
 from .common import (
     DEFAULT_ETAS,

@@ -11,7 +11,8 @@ from .worker import Rows, Worker, handles
 @handles("energy")
 def energy(worker: Worker, job: Job) -> Rows:
     """The energy table of every fine-tune under the study's subspaces, fractions and schemes."""
-    from ..projection import TensorFilter, energy_table
+    from ..checkpoints import TensorFilter
+    from ..projection import energy_table
 
     spec = job.spec
     subspaces = worker.subspaces()
@@ -34,7 +35,8 @@ def _labels(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _swap_in(worker: Worker, spec: dict[str, Any]):
     """Put the job's model variant into the resident model; return (model, tokenizer)."""
-    from ..projection import ProjectionSpec, TensorFilter
+    from ..checkpoints import TensorFilter
+    from ..edits import ProjectionSpec
 
     if spec["variant"] == "reference":
         return worker.show(spec["model"])
@@ -99,7 +101,7 @@ def weight_overlap(worker: Worker, job: Job) -> Rows:
     """MSO of every pair of weight updates relative to the reference model, per tensor, layer and depth."""
     from ..overlap.common import choose_pairs
     from ..overlap.weights import overlap_rows
-    from ..projection import TensorFilter
+    from ..checkpoints import TensorFilter
 
     spec = job.spec
     reference = worker.checkpoint(worker.reference)

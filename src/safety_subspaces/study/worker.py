@@ -77,7 +77,7 @@ class Worker:
 
     def subspaces(self):
         """Alignment subspaces of Δ = W_ref - W_0 (decompositions cached on disk)."""
-        from ..projection import AlignmentSubspaces
+        from ..subspaces import AlignmentSubspaces
 
         if self._subspaces is None:
             self._subspaces = AlignmentSubspaces(
@@ -99,7 +99,7 @@ class Worker:
 
     def live(self):
         """The resident model wrapped for in-place weight swaps."""
-        from ..projection import LiveModel
+        from ..edits.apply import LiveModel
 
         if self._live is None:
             model, _ = self.resident()
