@@ -16,7 +16,7 @@ from safety_subspaces import linalg
 from safety_subspaces.checkpoints import Checkpoint
 from safety_subspaces.errors import UserError
 from safety_subspaces.files import read_csv
-from safety_subspaces.overlap.weights import WeightOverlapConfig, run_weight_overlap
+from safety_subspaces.analyses.weight_overlap import WeightOverlapConfig, run_weight_overlap
 from safety_subspaces.subspaces import AlignmentSubspaces
 
 Q0 = "model.layers.0.self_attn.q_proj.weight"

@@ -14,7 +14,7 @@ from safety_subspaces import files
 from safety_subspaces.checkpoints import Checkpoint, write_checkpoint
 from safety_subspaces.evaluate.journal import Journal
 from safety_subspaces.finetune import Recipe, finetune
-from safety_subspaces.project import ProjectConfig, WriteRequest, run_project
+from safety_subspaces.analyses.energy import ProjectConfig, WriteRequest, run_project
 from safety_subspaces.study.store import Store
 
 

@@ -15,7 +15,7 @@ from safety_subspaces import linalg
 from safety_subspaces.checkpoints import Checkpoint, TensorFilter
 from safety_subspaces.cli import main
 from safety_subspaces.files import read_csv
-from safety_subspaces.project import ProjectConfig, WriteRequest, run_project
+from safety_subspaces.analyses.energy import ProjectConfig, WriteRequest, run_project
 from safety_subspaces.edits import ProjectionSpec
 from safety_subspaces.edits.apply import LiveModel
 from safety_subspaces.subspaces import AlignmentSubspaces
@@ -148,7 +148,7 @@ def test_written_checkpoints_load_and_match(cast, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(directory)
     tokenizer = AutoTokenizer.from_pretrained(directory)
     assert tokenizer.chat_template  # chat template copied
-    assert (directory / "generation_config.json").exists() and (directory / "projection.json").exists()
+    assert (directory / "generation_config.json").exists() and (directory / "edit.json").exists()
     # the written weights equal W_A + P Δ_T computed here
     base, aligned, tuned = (Checkpoint(cast[n], role=n) for n in ("base", "aligned", "useful"))
     subspaces = AlignmentSubspaces(base, aligned)
@@ -311,12 +311,13 @@ def test_rank_deficient_alignment_update_caps_k_and_counts_null_directions(tmp_p
 def test_svd_method_choices_are_one_set_everywhere():
     import typing
 
-    from safety_subspaces.cli._help import SVD_METHOD_CHOICES
+    from safety_subspaces.cli._help import svd_method
     from safety_subspaces.errors import UserError
-    from safety_subspaces.projection import check_svd_method
+    from safety_subspaces.analyses.common import check_svd_method
     from safety_subspaces.study.config import Projection
 
-    assert tuple(SVD_METHOD_CHOICES) == linalg.SVD_METHODS == ("auto", "gram", "qr", "svd")
+    assert linalg.SVD_METHODS == ("auto", "gram", "qr", "svd")
+    assert [svd_method(method) for method in linalg.SVD_METHODS] == list(linalg.SVD_METHODS)
     assert typing.get_args(typing.get_type_hints(Projection)["svd_method"]) == linalg.SVD_METHODS
     for method in linalg.SVD_METHODS:
         assert check_svd_method(method) == method

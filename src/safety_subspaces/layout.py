@@ -14,3 +14,4 @@ SAMPLE_RECORDS = "samples.jsonl"  # an evaluation's per-sample records
 GENERATIONS = "generations.jsonl"  # a harm evaluation's journal of replies
 JUDGMENTS = "judgments.jsonl"  # a harm evaluation's journal of judgments
 ACTIVATIONS = "activations.safetensors"  # pooled activation vectors, when asked for
+EDIT_NOTE = "edit.json"  # an edited checkpoint's note: which fine-tune, edit and options made it

@@ -12,18 +12,15 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
-from . import figures
+from . import layout, plots
 from .errors import UserError
-from .files import RUN_CONFIG, atomic_write_text, make_dirs, read_text, write_csv
+from .files import atomic_write_text, make_dirs, read_text, write_csv
+RUN_CONFIG = layout.CONFIG
 from .names import check_name
-from .projection import ENERGY_COLUMNS
+from .tables import RESULT_TABLES
 
 STORE = "results.sqlite"
-EVALUATION_COLUMNS = ["model", "variant", "subspace", "scheme", "fraction", "metric", "value", "n", "invalid"]
-WEIGHT_COLUMNS = ["pair", "name", "layer", "eta", "k_a", "k_b", "d", "mso", "mso_random"]
-ACTIVATION_COLUMNS = ["model", "pair", "layer", "eta", "centered", "k_a", "k_b", "d", "mso", "mso_random"]
-TABLE_COLUMNS = {"energy": ENERGY_COLUMNS, "evaluation": EVALUATION_COLUMNS, "weight_overlap": WEIGHT_COLUMNS,
-                 "activation_overlap": ACTIVATION_COLUMNS}
+TABLE_COLUMNS = {name: table.columns for name, table in RESULT_TABLES.items()}
 HEADLINES = {"harm": "harm_score", "benign": "over_refusal_rate"}
 METRIC_NAMES = {"utility": "utility", "harm": "harmfulness score (1-5)", "benign": "over-refusal rate"}
 SUBSPACE_ORDER = ("top_k", "random_k", "random")
@@ -186,7 +183,7 @@ def reading(tables: Sequence[PaperTable], energy: Sequence[Mapping[str, Any]], w
     lines.extend(overlap_reading([r for r in weight if r.get("scope") == "depth"],
                                  "weight updates (layers at the depth percentiles)", key="pair"))
     for centered, label in ((False, "uncentred"), (True, "centred")):
-        band = [r for r in activation if r.get("scope") == "band" and figures.as_bool(r.get("centered")) == centered]
+        band = [r for r in activation if r.get("scope") == "band" and plots.as_bool(r.get("centered")) == centered]
         lines.extend(overlap_reading(band, f"activations (depth band, {label})", key="pair"))
     return lines
 
@@ -284,13 +281,13 @@ def write_report(run_dir: Path) -> Path:
     make_dirs(figure_dir)
     energy_model = [r for r in tables["energy"] if r["scope"] == "model"]
     shown = {
-        "energy": figures.energy_figure(energy_model, figure_dir / "energy_kept.png"),
-        "metrics": [figures.metric_figure(t, figure_dir / f"{t.metric}_{entry['finetune']}_{entry['scheme']}.png")
+        "energy": plots.energy_figure(energy_model, figure_dir / "energy_kept.png"),
+        "metrics": [plots.metric_figure(t, figure_dir / f"{t.metric}_{entry['finetune']}_{entry['scheme']}.png")
                     for t, (entry, _) in zip(paper, grid)],
-        "weights": figures.weight_overlap_figure(tables["weight_overlap"], figure_dir / "weight_mso.png"),
-        "activations": figures.activation_overlap_figure(tables["activation_overlap"], figure_dir / "activation_mso.png",
+        "weights": plots.weight_overlap_figure(tables["weight_overlap"], figure_dir / "weight_mso.png"),
+        "activations": plots.activation_overlap_figure(tables["activation_overlap"], figure_dir / "activation_mso.png",
                                                          centered=False),
-        "activations_centered": figures.activation_overlap_figure(tables["activation_overlap"],
+        "activations_centered": plots.activation_overlap_figure(tables["activation_overlap"],
                                                                   figure_dir / "activation_mso_centered.png", centered=True),
     }
     lines = reading(paper, tables["energy"], tables["weight_overlap"], tables["activation_overlap"], config)

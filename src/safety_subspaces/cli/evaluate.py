@@ -132,14 +132,15 @@ def _out_dir(kind: str, args: argparse.Namespace, keys: list[str]) -> Path:
 
 def run_utility(args: argparse.Namespace) -> int:
     """Evaluate utility with lm-eval and write results.csv and samples.jsonl."""
-    from .. import files
+    from .. import files, layout
     from ..evaluate import evaluate_utility, write_outputs
+    from ..rundir import check_run_dir, config_document
 
     keys = ["model", "task", "num_fewshot", "limit", "data", "include_path", "zoo", "chat", "max_gen_toks"]
     out = _out_dir("utility", args, keys)
     config = {key: (str(getattr(args, key)) if getattr(args, key) is not None else None) for key in keys}
     with files.output_lock(out):
-        files.check_run_dir(out, config, kind="evaluate-utility")
+        check_run_dir(out, config, kind="evaluate-utility")
         result = evaluate_utility(
             args.model, task=args.task, num_fewshot=args.num_fewshot, limit=args.limit, batch_size=args.batch_size,
             chat=args.chat, data_files=args.data, include_path=args.include_path, zoo=args.zoo,
@@ -148,7 +149,7 @@ def run_utility(args: argparse.Namespace) -> int:
         )
         with files.staged_dir(out) as stage:
             write_outputs(stage, result.rows, result.samples)
-            files.write_yaml(stage / files.RUN_CONFIG, files.run_config_document(config, kind="evaluate-utility"))
+            files.write_yaml(stage / layout.CONFIG, config_document(config, kind="evaluate-utility"))
     _print(args, result.rows, out, ["metric", "value", "stderr", "n", "invalid", "headline"])
     return 0
 

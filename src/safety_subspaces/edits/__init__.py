@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from ..subspaces import AlignmentSubspaces
 
 EDITS = Registry("edit", "safety_subspaces.edits", __name__, flag="--edit")
-PAPER_SCHEMES = ("parallel", "orthogonal")  # the schemes of the paper's tables: the default of energy tables
 LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]+")
 
 

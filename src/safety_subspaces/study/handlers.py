@@ -12,7 +12,7 @@ from .worker import Rows, Worker, handles
 def energy(worker: Worker, job: Job) -> Rows:
     """The energy table of every fine-tune under the study's subspaces, fractions and schemes."""
     from ..checkpoints import TensorFilter
-    from ..projection import energy_table
+    from ..analyses.energy import energy_table
 
     spec = job.spec
     subspaces = worker.subspaces()
@@ -99,8 +99,8 @@ def judge_options(harm: dict[str, Any]) -> dict[str, Any]:
 @handles("weight_overlap")
 def weight_overlap(worker: Worker, job: Job) -> Rows:
     """MSO of every pair of weight updates relative to the reference model, per tensor, layer and depth."""
-    from ..overlap.common import choose_pairs
-    from ..overlap.weights import overlap_rows
+    from ..analyses.common import choose_pairs
+    from ..analyses.weight_overlap import overlap_rows
     from ..checkpoints import TensorFilter
 
     spec = job.spec
@@ -117,23 +117,15 @@ def weight_overlap(worker: Worker, job: Job) -> Rows:
 @handles("activation_overlap")
 def activation_overlap(worker: Worker, job: Job) -> Rows:
     """MSO of the prompt sets' residual-stream activations in one model (swapped into the resident model)."""
-    from pathlib import Path
-
-    from ..overlap.activations import ActivationOverlapConfig, load_prompt_sets, model_overlap
-    from ..overlap.common import choose_pairs
+    from ..analyses.activation_overlap import ActivationOverlap, load_prompt_sets
 
     spec = job.spec
-    config = ActivationOverlapConfig(
-        models={spec["model"]: worker.context.models[spec["model"]]}, prompts=dict(spec["prompts"]), out=Path("."),
-        n=spec["n"], etas=spec["eta"], depth=spec["depth"], window=spec["window"], chat=not spec["raw_prompts"],
-        batch_size=spec["batch_size"],
-    )
-    config.validate()
-    sets, _ = load_prompt_sets(config)
-    pairs = choose_pairs(list(sets), None, "prompt set")
+    analysis = ActivationOverlap(dict(spec["prompts"]), [spec["model"]], spec["n"], eta=spec["eta"], depth=spec["depth"],
+                                 window=spec["window"], raw_prompts=spec["raw_prompts"], batch_size=spec["batch_size"])
+    sets, _ = load_prompt_sets(analysis.prompts, analysis.n)
     model, tokenizer = worker.show(spec["model"])
     try:
-        result = model_overlap(model, tokenizer, spec["model"], sets, pairs, config)
+        result = analysis.model_overlap(model, tokenizer, spec["model"], sets)
     finally:
         worker.live().restore()
     return [("activation_overlap", row) for row in result.rows]

@@ -161,7 +161,7 @@ def loadable(text: str, *, offline: bool, checked: CheckedInputs, what: str) -> 
 def check_prompt_sets(study: Study, *, offline: bool, checked: CheckedInputs) -> None:
     """Harm and over-refusal prompts can be read; every activation prompt set holds at least n prompts."""
     from ..evaluate.harm import load_harm_prompts
-    from ..overlap.activations import PromptSource
+    from ..analyses.activation_overlap import PromptSource
 
     evaluation = study.evaluation
     for name, options in (("harm", evaluation.harm), ("benign", evaluation.benign)):

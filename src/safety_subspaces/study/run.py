@@ -10,7 +10,9 @@ from typing import Any
 
 from .. import __version__, progress
 from ..errors import UserError
-from ..files import RUN_CONFIG, config_digest, make_dirs, output_lock, remove_created, write_json, write_yaml
+from .. import rundir
+from ..files import make_dirs, output_lock, remove_created, write_json, write_yaml
+from ..layout import CONFIG as RUN_CONFIG
 from .config import Study, study_document
 from .executors import Outcome, make_executor, pass_environment
 from .inputs import check_inputs, model_roles
@@ -35,37 +37,8 @@ class RunResult:
 
 
 def choose_run_dir(out: Path, document: dict[str, Any] | None, *, force: bool) -> Path:
-    """The run directory: out itself, or with --force a fresh sibling when out holds a different study.
-
-    With no document (run --check, before the inputs are fingerprinted) a directory holding any study is accepted.
-    """
-    import yaml
-
-    from ..files import read_text
-
-    out = Path(out)
-    identity = config_digest(document) if document is not None else None
-    candidate, suffix = out, 1
-    while True:
-        config = candidate / RUN_CONFIG
-        if candidate.exists() and not candidate.is_dir():
-            raise UserError(f"run directory {candidate} exists and is not a directory; choose another --out")
-        if not candidate.exists() or not any(candidate.iterdir()):
-            return candidate
-        if config.is_file():
-            try:
-                previous = yaml.safe_load(read_text(config)) or {}
-            except yaml.YAMLError:
-                previous = {}
-            if isinstance(previous, dict) and previous.get("kind") == "study" and identity in (None, previous.get("identity")):
-                return candidate
-        elif not force:
-            raise UserError(f"run directory {candidate} is not empty and holds no study; choose another --out")
-        if not force:
-            raise UserError(f"run directory {candidate} holds a different study (its {RUN_CONFIG} differs); "
-                            "pass --force to start a new run directory beside it, or choose another --out")
-        suffix += 1
-        candidate = out.with_name(f"{out.name}-{suffix}")
+    """The run directory: out itself, or with --force a fresh sibling when out holds a different study."""
+    return rundir.choose_run_dir(out, kind="study", identity=document, force=force, what="run directory")[0]
 
 
 def materialise(study: Study, run_dir: Path, paths: dict[str, str]) -> dict[str, str]:
@@ -127,8 +100,8 @@ def run_study(study: Study, out: Path, *, force: bool = False, report: bool = Tr
         created = make_dirs(run_dir)
         if not (run_dir / RUN_CONFIG).exists():
             try:
-                write_yaml(run_dir / RUN_CONFIG, {"kind": "study", "identity": config_digest(identity_document),
-                                                  "config": document, "inputs": inputs})
+                write_yaml(run_dir / RUN_CONFIG, rundir.config_document(identity_document, kind="study", config=document,
+                                                                        inputs=inputs))
             except BaseException:
                 remove_created(created)  # a run directory without its config would look like a foreign one
                 raise

@@ -25,7 +25,6 @@ from ..spectra import Spectrum, SpectrumCache, difference
 
 SUBSPACES = Registry("subspace kind", "safety_subspaces.subspaces", __name__, context=("spectrum", "k", "seed"),
                      flag="--subspaces")
-PAPER_KINDS = ("top_k", "random_k", "random")  # the paper's comparison: the default of every grid
 
 
 @dataclass(frozen=True)
