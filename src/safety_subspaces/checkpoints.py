@@ -16,7 +16,7 @@ from typing import Iterable, Iterator, Mapping
 import torch
 
 from .errors import UserError
-from .files import atomic_write_chunks, atomic_write_text, read_text, staged_dir
+from .files import atomic_write_chunks, atomic_write_text, staged_dir
 from .linalg import all_finite
 from .memo import TensorMemo
 from .model_dir import WEIGHT_SUFFIXES, check_remote_code, read_config, resolve_model, weight_files

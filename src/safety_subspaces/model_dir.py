@@ -24,6 +24,11 @@ SNAPSHOT_PATTERNS = [
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5")
 
 
+def looks_like_hub_id(text: str) -> bool:
+    """Whether a reference that is not a local path reads as a hub id (owner/name)."""
+    return text.count("/") == 1 and not text.startswith((".", "/", "~"))
+
+
 def resolve_model(ref: str | os.PathLike, *, role: str = "model", allow_download: bool = True) -> Path:
     """Return a local directory for a model reference: a path as is, or a hub id downloaded to the HF cache."""
     path = Path(ref).expanduser()
@@ -32,8 +37,7 @@ def resolve_model(ref: str | os.PathLike, *, role: str = "model", allow_download
             raise UserError(f"{role} {ref}: expected a model directory, got a file")
         return path
     text = str(ref)
-    looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~"))
-    if not (allow_download and looks_like_hub_id):
+    if not (allow_download and looks_like_hub_id(text)):
         raise UserError(f"{role} {ref}: no such directory")
     try:
         from huggingface_hub import snapshot_download

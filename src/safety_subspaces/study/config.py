@@ -9,6 +9,8 @@ from typing import Any, Literal
 import yaml
 
 from ..errors import UserError
+from ..evaluate.judges import DEFAULT_JUDGE, JUDGES
+from ..registry import Spec
 from ..files import read_text
 from ..linalg import check_fraction
 from ..names import check_name
@@ -151,31 +153,37 @@ class Utility:
             _at_least(getattr(self, name), 1, _key(where, name))
 
 
+JudgeSpec = JUDGES.spec_type()
+OLD_JUDGE_KEYS = {"judge_endpoint": "endpoint", "judge_model": "model", "judge_key_env": "key_env",
+                  "classifier": "model", "rubric_file": "rubric", "concurrency": "workers"}
+
+
 @dataclass
 class Harm:
-    """Harmfulness: greedy generation on harmful prompts, judged 1-5."""
+    """Harmfulness: greedy generation on harmful prompts, judged 1-5 by a registered judge."""
 
     prompts: str = "advbench"
-    judge: Literal["rubric", "refusal", "classifier", "organism"] = "rubric"
-    judge_endpoint: str | None = None
-    judge_model: str | None = None
-    judge_key_env: str = "OPENAI_API_KEY"
-    classifier: str | None = None
-    rubric_file: str | None = None
-    concurrency: int = 8
+    judge: JudgeSpec = field(default_factory=lambda: Spec(DEFAULT_JUDGE))
     limit: int | None = None
     max_new_tokens: int = 512
     batch_size: int = 16
     chat: bool = True
 
+    @staticmethod
+    def coerce(value: Any, where: str) -> Any:
+        """Refuse the keys older configs used for judge options, saying where they went."""
+        if isinstance(value, dict):
+            for key, option in OLD_JUDGE_KEYS.items():
+                if key in value:
+                    raise UserError(f"{_key(where, key)}: judge options now go with the judge: "
+                                    f"judge: {{name: {value.get('judge', DEFAULT_JUDGE)}, {option}: ...}}")
+        return value
+
     def check(self, where: str) -> None:
-        """The rubric judge needs an endpoint and a model; the classifier judge a model path; counts are positive."""
-        for name in ("concurrency", "limit", "max_new_tokens", "batch_size"):
+        """Counts are positive; the judge has every option it needs."""
+        for name in ("limit", "max_new_tokens", "batch_size"):
             _at_least(getattr(self, name), 1, _key(where, name))
-        if self.judge == "rubric" and not (self.judge_endpoint and self.judge_model):
-            raise UserError(f"{where}: the rubric judge needs judge_endpoint and judge_model")
-        if self.judge == "classifier" and not self.classifier:
-            raise UserError(f"{where}: the classifier judge needs classifier: PATH")
+        JUDGES.options(self.judge.name, self.judge.options, _key(where, "judge"))
 
 
 @dataclass

@@ -50,7 +50,6 @@ def _swap_in(worker: Worker, spec: dict[str, Any]):
 def evaluate(worker: Worker, job: Job) -> Rows:
     """Utility / harm / over-refusal of one model variant, evaluated in memory."""
     from ..evaluate.harm import evaluate_harm, load_harm_prompts
-    from ..evaluate.judges import make_judge
     from ..evaluate.utility import evaluate_utility
 
     spec = job.spec
@@ -73,7 +72,7 @@ def evaluate(worker: Worker, job: Job) -> Rows:
                 benign = metric == "benign"
                 harm_options = settings["harm"]  # over-refusal uses the harm judge and generation settings
                 prompts = load_harm_prompts(options["prompts"], limit=options["limit"])
-                judge = make_judge(harm_options["judge"], **judge_options(harm_options))
+                judge = worker.judge(harm_options["judge"], harm_options["batch_size"])
                 result = evaluate_harm(
                     model, tokenizer, prompts=prompts, judge=judge, chat=harm_options["chat"],
                     max_new_tokens=harm_options["max_new_tokens"], batch_size=harm_options["batch_size"],
@@ -84,16 +83,6 @@ def evaluate(worker: Worker, job: Job) -> Rows:
     finally:
         worker.live().restore()
     return [("evaluation", {**row, **extra}) for row in rows]
-
-
-def judge_options(harm: dict[str, Any]) -> dict[str, Any]:
-    """Constructor options of the configured judge."""
-    if harm["judge"] == "rubric":
-        return {"endpoint": harm["judge_endpoint"], "model": harm["judge_model"], "key_env": harm["judge_key_env"],
-                "rubric": harm["rubric_file"], "workers": harm["concurrency"]}
-    if harm["judge"] == "classifier":
-        return {"model": harm["classifier"]}
-    return {}
 
 
 @handles("weight_overlap")

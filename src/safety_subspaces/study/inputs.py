@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
+from ..model_dir import looks_like_hub_id
 from .config import ModelSource, Study, organism_name
 
 
@@ -51,11 +52,6 @@ def zoo_ready(offline: bool, checked: CheckedInputs) -> Path | None:
     return zoo
 
 
-def is_hub_id(reference: str) -> bool:
-    """Whether a reference that is not a local path reads as a hub id (owner/name)."""
-    return reference.count("/") == 1 and not reference.startswith((".", "/", "~"))
-
-
 def resolve_model_path(reference: str, role: str, *, offline: bool, checked: CheckedInputs) -> str | None:
     """A local directory for a model reference (organism:NAME, a directory, a hub id); None when offline can't tell."""
     from ..model_dir import resolve_model
@@ -69,7 +65,7 @@ def resolve_model_path(reference: str, role: str, *, offline: bool, checked: Che
         if not (path / "config.json").exists():
             raise UserError(f"{role}: organism model {name!r} is not in the zoo {zoo}")
         return str(path)
-    if offline and not Path(reference).expanduser().exists() and is_hub_id(reference):
+    if offline and not Path(reference).expanduser().exists() and looks_like_hub_id(reference):
         checked.notes.append(f"{role}: hub model {reference} (offline)")
         return None
     return str(resolve_model(reference, role=role))
@@ -135,7 +131,7 @@ def check_data_reference(text: str, where: str, *, offline: bool, checked: Check
         return
     if looks_like_file(text):
         raise UserError(f"{where}: data file {text}: no such file")
-    if not is_hub_id(text):
+    if not looks_like_hub_id(text):
         raise UserError(f"{where}: unknown dataset {text!r}; use one of {', '.join([*TRAINING_SETS, CONTAMINATED])}, "
                         "a data file, organism:NAME or a hub id")
 
@@ -202,25 +198,20 @@ def check_utility(study: Study, *, offline: bool, checked: CheckedInputs) -> Non
 
 
 def check_judge(study: Study, *, offline: bool, checked: CheckedInputs) -> None:
-    """The harm judge can be built as configured: rubric file, endpoint, model and its key in the environment;
-    a classifier judge's model directory (loaded only by the jobs)."""
-    from ..evaluate.judges import make_judge
-    from ..model_dir import check_remote_code
-    from .handlers import judge_options
-    from ..schema import as_plain
+    """The harm judge can be built as configured (the rubric judge: rubric file, endpoint, model, its key in the
+    environment); a judge that loads a model only checks its directory (the jobs load it)."""
+    from ..evaluate.judges import JudgeRuntime, check_judge as check_one
 
     harm = study.evaluation.harm
     if harm is None:
         return
-    if harm.judge == "classifier":
-        path = resolve_model_path(harm.classifier, "evaluation.harm.classifier", offline=offline, checked=checked)
-        if path is not None:
-            check_remote_code(Path(path), role="evaluation.harm.classifier")
-        return
+    runtime = JudgeRuntime(device="cpu", batch_size=harm.batch_size, allow_pickle=study.allow_pickle)
     try:
-        make_judge(harm.judge, **judge_options(as_plain(harm)))
+        note = check_one(harm.judge, runtime)
     except UserError as exc:
-        raise UserError(f"evaluation.harm: {exc}") from None
+        raise UserError(f"evaluation.harm.judge: {exc}") from None
+    if note:
+        checked.notes.append(f"evaluation.harm.judge: {note}")
 
 
 def check_inputs(study: Study, *, offline: bool) -> CheckedInputs:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,8 +42,6 @@ class Worker:
     """Runs jobs; loads the reference model once and keeps it resident."""
 
     def __init__(self, context: Context, name: str = "local"):
-        import os
-
         os.environ.update(context.environment)
         os.environ.setdefault("TQDM_DISABLE", "1")  # third-party bars; the study shows its own
         import transformers
@@ -60,6 +59,7 @@ class Worker:
         self._resident: tuple[Any, Any] | None = None
         self._subspaces = None
         self._live = None
+        self._judges: dict[str, Any] = {}
 
     def checkpoint(self, role: str):
         """The lazily opened checkpoint of a model role."""
@@ -114,6 +114,19 @@ class Worker:
         else:
             live.load(self.checkpoint(role))
         return self.resident()
+
+    def judge(self, spec: Any, batch_size: int):
+        """The judge of a spec (NAME or {name: NAME, k: v}), built once per worker and reused across jobs."""
+        from ..evaluate.judges import JUDGES, JudgeRuntime, make_judge
+        from ..files import config_digest
+
+        spec = JUDGES.spec(spec, "evaluation.harm.judge")
+        runtime = JudgeRuntime(device=self.context.device, batch_size=batch_size, allow_pickle=self.study.allow_pickle,
+                               quiet=bool(os.environ.get("SAFETY_SUBSPACES_QUIET")))
+        key = config_digest({"spec": spec.as_plain(), "runtime": runtime.__dict__})
+        if key not in self._judges:
+            self._judges[key] = make_judge(spec, runtime)
+        return self._judges[key]
 
     def run(self, job: Job) -> tuple[Rows, float]:
         """Run one job; return its (table, row) results and its wall time."""
