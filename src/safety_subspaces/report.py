@@ -83,11 +83,11 @@ def paper_tables(evaluation: Sequence[Mapping[str, Any]], config: Mapping[str, A
                 (f"FT ({entry['finetune']})", value_of(rows, model=entry["finetune"], variant="reference")),
             ]
             subspaces = [
-                (kind, [value_of(rows, model=entry["finetune"], variant="projected", scheme=entry["scheme"], subspace=kind,
+                (kind, [value_of(rows, model=entry["finetune"], variant="projected", scheme=entry["edit"]["name"], subspace=kind,
                                  fraction=f) for f in fractions])
                 for kind in projection.get("subspaces", [])
             ]
-            title = f"{METRIC_NAMES[group]} of the {entry['finetune']} fine-tune, {entry['scheme']} projection"
+            title = f"{METRIC_NAMES[group]} of the {entry['finetune']} fine-tune, {entry['edit']['name']} projection"
             tables.append(PaperTable(title, group, fractions, references, subspaces))
     return tables
 
@@ -145,7 +145,7 @@ def recovery_curves(table: PaperTable, entry: Mapping[str, Any], energy: Sequenc
         points = []
         for fraction, cell in zip(table.fractions, cells):
             kept = recovery(cell, aligned, finetuned)
-            at = energy_at(energy, entry["finetune"], entry["scheme"], kind, fraction)
+            at = energy_at(energy, entry["finetune"], entry["edit"]["name"], kind, fraction)
             if kept is not None and at is not None:
                 points.append((at, kept))
         curves[kind] = [(0.0, 0.0), *points, (1.0, 1.0)] if points else []  # nothing kept = aligned, all kept = FT
@@ -175,7 +175,7 @@ def reading(tables: Sequence[PaperTable], energy: Sequence[Mapping[str, Any]], w
         sentence = f"{table.title}: aligned {fmt(aligned.value)}, fine-tuned {fmt(finetuned.value)}."
         gain = advantage(recovery_curves(table, entry, energy))
         if gain is not None:
-            advantages[(entry["scheme"], entry["finetune"], group)] = gain
+            advantages[(entry["edit"]["name"], entry["finetune"], group)] = gain
             sentence += (f" At equal energy kept, the top_k projection keeps {gain:+.2f} of the fine-tune's change "
                          "beyond what a random subspace keeps (0: no different from random).")
         lines.append(sentence)
@@ -271,7 +271,7 @@ def write_report(run_dir: Path) -> Path:
     grid = [(e, g) for e in config.get("projection", {}).get("grid", []) for g in e["metrics"]]
     for entry, _ in grid:  # they name figure files: refuse a tampered config before writing anything
         check_name(entry["finetune"], "projection.grid: fine-tune")
-        check_name(entry["scheme"], "projection.grid: scheme")
+        check_name(entry["edit"]["name"], "projection.grid: scheme")
     for name, rows in tables.items():
         if rows:
             write_csv(run_dir / f"{name}.csv", rows, TABLE_COLUMNS[name])
@@ -282,7 +282,7 @@ def write_report(run_dir: Path) -> Path:
     energy_model = [r for r in tables["energy"] if r["scope"] == "model"]
     shown = {
         "energy": plots.energy_figure(energy_model, figure_dir / "energy_kept.png"),
-        "metrics": [plots.metric_figure(t, figure_dir / f"{t.metric}_{entry['finetune']}_{entry['scheme']}.png")
+        "metrics": [plots.metric_figure(t, figure_dir / f"{t.metric}_{entry['finetune']}_{entry['edit']['name']}.png")
                     for t, (entry, _) in zip(paper, grid)],
         "weights": plots.weight_overlap_figure(tables["weight_overlap"], figure_dir / "weight_mso.png"),
         "activations": plots.activation_overlap_figure(tables["activation_overlap"], figure_dir / "activation_mso.png",

@@ -140,6 +140,7 @@ class Analysis:
     kind: ClassVar[str] = ""  # its run directories' kind (config.yaml); default: the name
     relative_to_reference: ClassVar[bool] = False  # rows are about updates relative to the reference model
     uses_spectra: ClassVar[bool] = False  # rows come from cached decompositions (their version identifies a job)
+    seeded: ClassVar[bool] = False  # rows depend on the seed of random choices
 
     @property
     def run_kind(self) -> str:

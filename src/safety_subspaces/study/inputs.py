@@ -1,7 +1,9 @@
-"""Check a study's inputs before anything runs: models, recipes' data, prompt sets against n, judge settings.
+"""The study's resolve stage: check every input before anything runs (models, recipes' data, prompt sets against n,
+judge settings) and find the local path of each model given as a checkpoint.
 
-`run --check` calls this offline (hub models and hub data are listed as not checked; an unbuilt organism zoo is
-noted, not built); `run` calls it online before it creates the run directory, building the zoo if needed.
+Nothing is built or written here. `run --check` calls it offline (hub models and hub data are listed as not checked);
+`run` calls it online before it creates the run directory. An organism zoo that is not built yet is noted (`needs_zoo`)
+and what depends on it is left for the materialise stage, which builds the zoo and resolves again.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ class CheckedInputs:
 
     paths: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    needs_zoo: bool = False  # an organism model or data set waits for the zoo to be built
 
 
 def model_roles(study: Study) -> list[tuple[str, ModelSource]]:
@@ -32,21 +35,28 @@ def model_roles(study: Study) -> list[tuple[str, ModelSource]]:
     return roles + list(study.finetunes.items())
 
 
-def zoo_ready(offline: bool, checked: CheckedInputs) -> Path | None:
-    """The default organism zoo; built first when online, None (with a note) when offline and not built yet."""
+def zoo_ready(checked: CheckedInputs) -> Path | None:
+    """The default organism zoo if it is built; else None, noted (what needs it is checked once it exists)."""
+    from .. import layout
     from ..paths import zoo_dir
 
     zoo = zoo_dir()
-    if (zoo / "manifest.json").exists():
+    if (zoo / layout.MANIFEST).exists():
         return zoo
-    if offline:
-        note = f"organism models and data: the zoo {zoo} is not built yet (`run` builds it)"
-        if note not in checked.notes:
-            checked.notes.append(note)
-        return None
+    checked.needs_zoo = True
+    note = f"organism models and data: the zoo {zoo} is not built yet (`run` builds it)"
+    if note not in checked.notes:
+        checked.notes.append(note)
+    return None
+
+
+def build_zoo() -> Path:
+    """Build the default organism zoo (the materialise stage, when the inputs need it)."""
     from .. import progress
     from ..organism import build
+    from ..paths import zoo_dir
 
+    zoo = zoo_dir()
     progress.info(f"building the organism zoo in {zoo} (a few minutes, once)")
     build(zoo, preset="default")
     return zoo
@@ -58,7 +68,7 @@ def resolve_model_path(reference: str, role: str, *, offline: bool, checked: Che
 
     name = organism_name(reference, role)
     if name is not None:
-        zoo = zoo_ready(offline, checked)
+        zoo = zoo_ready(checked)
         if zoo is None:
             return None
         path = zoo / name
@@ -92,13 +102,13 @@ def check_models(study: Study, *, offline: bool, checked: CheckedInputs) -> None
 
 def check_recipes(study: Study, *, offline: bool, checked: CheckedInputs) -> None:
     """Each fine-tuning recipe starts from a model available before it and names data that can exist."""
-    from .recipes import split_recipe
+    from .recipes import split_recipe, start_of
 
     available = [role for role, source in model_roles(study) if source.path is not None]
     for role, source in model_roles(study):
         if source.recipe is None:
             continue
-        start = source.recipe.get("from", "base" if role in ("aligned", "safety_tuned") else study.reference)
+        start = start_of(study, role, source)
         if start not in available:
             raise UserError(f"{role}.recipe.from: {start!r} is not a model available before {role}; "
                             f"use one of {', '.join(available) or 'the given checkpoints'}")
@@ -123,7 +133,7 @@ def check_data_reference(text: str, where: str, *, offline: bool, checked: Check
 
     name = organism_name(text, where)
     if name is not None:
-        zoo = zoo_ready(offline, checked)
+        zoo = zoo_ready(checked)
         if zoo is not None:
             zoo_data_file(name, zoo)
         return
@@ -147,7 +157,7 @@ def is_local_source(text: str) -> bool:
 def loadable(text: str, *, offline: bool, checked: CheckedInputs, what: str) -> bool:
     """Whether to load a source now: local ones always (organism ones once the zoo exists), hub ones only online."""
     if text.startswith("organism:"):
-        return zoo_ready(offline, checked) is not None
+        return zoo_ready(checked) is not None
     if offline and not is_local_source(text):
         checked.notes.append(f"{what}: {text} from the hub (offline)")
         return False
@@ -158,6 +168,7 @@ def check_prompt_sets(study: Study, *, offline: bool, checked: CheckedInputs) ->
     """Harm and over-refusal prompts can be read; every activation prompt set holds at least n prompts."""
     from ..evaluate.harm import load_harm_prompts
     from ..analyses.activation_overlap import PromptSource
+    from ..paper import PROMPTS_PER_SET
 
     evaluation = study.evaluation
     for name, options in (("harm", evaluation.harm), ("benign", evaluation.benign)):
@@ -167,13 +178,14 @@ def check_prompt_sets(study: Study, *, offline: bool, checked: CheckedInputs) ->
     activations = study.overlap.activations
     if activations is None:
         return
-    for name, text in activations.prompts.items():
+    n = activations.options.get("n", PROMPTS_PER_SET)
+    for name, text in activations.options.get("prompts", {}).items():
         where = f"overlap.activations.prompts.{name}"
         if not loadable(text, offline=offline, checked=checked, what=where):
             continue
         count = len(PromptSource.parse(text).load())
-        if count < activations.n:
-            raise UserError(f"{where}: {text} has {count} prompts, fewer than overlap.activations.n = {activations.n}; "
+        if count < n and not activations.options.get("allow_fewer"):
+            raise UserError(f"{where}: {text} has {count} prompts, fewer than overlap.activations.n = {n}; "
                             f"lower n to at most {count}")
 
 
@@ -188,7 +200,7 @@ def check_utility(study: Study, *, offline: bool, checked: CheckedInputs) -> Non
         if not Path(path).expanduser().is_file():
             raise UserError(f"evaluation.utility.data_files.{split}: {path}: no such file")
     if utility.task == ORGANISM_TASK and not utility.data_files:
-        zoo = zoo_ready(offline, checked)
+        zoo = zoo_ready(checked)
         if zoo is not None:
             from ..paths import zoo_data_file
 
