@@ -246,9 +246,11 @@ def test_report_refuses_a_tampered_config(world, outputs, tmp_path, capsys):
     run = outputs / "run"
     run.mkdir()
     Store(run / "results.sqlite").close()
-    (run / "config.yaml").write_text(yaml.safe_dump({"kind": "study", "config": {"projection": {
-        "grid": [{"scheme": "parallel", "finetune": "../../x", "metrics": ["harm"]}], "fractions": [0.5]}}}))
-    refused(capsys, world, outputs, ["report", run], "'../../x'")
+    (run / "config.yaml").write_text(yaml.safe_dump({"kind": "study", "config": {
+        "name": "tampered", "models": {"base": "B", "aligned": "A"}, "finetunes": {"../../x": "X"},
+        "evaluation": {"harm": {"judge": "refusal"}},
+        "projection": {"grid": [{"scheme": "parallel", "finetune": "../../x", "metrics": ["harm"]}], "fractions": [0.5]}}}))
+    refused(capsys, world, outputs, ["report", run], "'../../x'")  # the stored config is parsed back into the typed study
 
 
 # ------------------------------------------------------------------------------------------------ §2: pickle-only checkpoints

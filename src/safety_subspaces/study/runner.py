@@ -209,7 +209,7 @@ def run_study(study: Study, out: Path, *, force: bool = False, report: bool = Tr
             execute(study, made, pending, result, device=device, threads=threads)
         result.seconds = time.time() - started
         if report:
-            from ..report import write_report
+            from .report import write_report
 
             result.report = write_report(made.run_dir)
     return result
