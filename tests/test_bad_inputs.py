@@ -24,7 +24,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-import factories
+from support import factories
 from safety_subspaces.cli import main
 
 SRC = Path(__file__).resolve().parents[1] / "src"

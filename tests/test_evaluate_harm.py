@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from stub_judge import StubJudge
+from support.stub_judge import StubJudge
 
-import factories
+from support import factories
 from safety_subspaces.cli import main
 from safety_subspaces.errors import UserError
 from safety_subspaces.evaluate import evaluate_harm, harm_metrics, load_harm_prompts, make_judge
@@ -298,7 +298,7 @@ def test_cli_other_bad_inputs(tmp_path, tiny_dir, advbench, capsys):
     code, _, err = run_cli(capsys, *base, "--judge", "refusal", "--judge-arg", "model=x")
     assert_one_line_error(code, err, "unknown option 'model' for judge 'refusal'")
     code, _, err = run_cli(capsys, *base, "--judge", "rubric", "--judge-arg", "model=m", "--judge-arg", "timeout=soon")
-    assert_one_line_error(code, err, "timeout: expected a number, got 'soon'")
+    assert_one_line_error(code, err, "--judge rubric --judge-arg timeout: expected a number, got 'soon'")
     code, _, err = run_cli(capsys, *base, "--judge", "refusal", "--prompts", str(tmp_path / "missing.csv"))
     assert_one_line_error(code, err, "missing.csv")
 

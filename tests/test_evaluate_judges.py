@@ -6,9 +6,9 @@ import random
 import time
 
 import pytest
-from stub_judge import StubJudge
+from support.stub_judge import StubJudge
 
-import factories
+from support import factories
 from safety_subspaces.errors import UserError
 from safety_subspaces.evaluate.chat import EndpointRejected, EndpointUnavailable, completions_url
 from safety_subspaces.evaluate.judges import JUDGES, Judgment, JudgeRuntime, make_judge, parse_score

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import factories
+from support import factories
 from safety_subspaces import linalg
 from safety_subspaces.analyses.activation_overlap import ActivationOverlapConfig, run_activation_overlap, set_spectrum
 from safety_subspaces.analyses.capture import (

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import factories
+from support import factories
 from safety_subspaces import linalg
 from safety_subspaces.checkpoints import Checkpoint
 from safety_subspaces.errors import UserError

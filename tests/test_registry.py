@@ -152,3 +152,22 @@ def test_docstring_args_stops_at_the_next_section():
     """
     assert docstring_args(doc) == {"a": "first.", "b": "second, continued."}
 
+
+def test_built_in_registries_load_and_every_option_is_documented():
+    from safety_subspaces.analyses import ANALYSES
+    from safety_subspaces.edits import EDITS
+    from safety_subspaces.evaluate.judges import JUDGES
+    from safety_subspaces.study.executors import EXECUTORS
+    from safety_subspaces.study.jobs import JOB_KINDS
+    from safety_subspaces.study.report.figures import FIGURES
+    from safety_subspaces.subspaces import SUBSPACES
+
+    assert SUBSPACES.names()[:3] == ["top_k", "random_k", "random"]
+    assert {"parallel", "orthogonal", "opposite"} <= set(EDITS.names()) and EDITS.canonical("orth") == "orthogonal"
+    assert {"rubric", "refusal", "classifier", "organism"} <= set(JUDGES.names())
+    assert {"energy", "weight_overlap", "activation_overlap"} <= set(ANALYSES.names())
+    assert {"local", "ray"} <= set(EXECUTORS.names())
+    assert {"evaluate", "analysis"} <= set(JOB_KINDS.names())
+    assert {"energy_kept", "metrics", "weight_mso", "activation_mso"} <= set(FIGURES.names())
+    for registry in (SUBSPACES, EDITS, JUDGES, ANALYSES, EXECUTORS, JOB_KINDS, FIGURES):
+        assert all(entry.summary for entry in map(registry.get, registry.names()))

@@ -354,7 +354,11 @@ class Registry:
             if is_list(option.annotation) and isinstance(value, str) and "," in value:
                 value = [scalar(item) for item in value.split(",")]
             out[key] = value
-        return self.options(entry.name, out, where, partial=True)
+        unknown = [key for key in out if entry.option(key) is None]
+        if unknown:
+            self.options(entry.name, {unknown[0]: None}, where, partial=True)  # the error naming the options
+        return {key: convert(value, entry.option(key).annotation, f"{where} {key}")  # type: ignore[union-attr]
+                for key, value in out.items()}
 
     # ------------------------------------------------------------------ building
 

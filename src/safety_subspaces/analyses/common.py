@@ -14,10 +14,10 @@ from ..spectra import Spectrum
 PAIR_SEPARATOR = " vs "
 
 
-def check_svd_method(method: str) -> str:
-    """An exact decomposition method name (a UserError otherwise)."""
+def check_svd_method(method: str, where: str = "--svd-method") -> str:
+    """An exact decomposition method name, one of linalg.SVD_METHODS (a UserError naming where otherwise)."""
     if method not in linalg.SVD_METHODS:
-        raise UserError(f"--svd-method {method!r}: use {', '.join(linalg.SVD_METHODS)}")
+        raise UserError(f"{where} {method!r}: use {', '.join(linalg.SVD_METHODS)}")
     return method
 
 

@@ -93,12 +93,14 @@ def name_help() -> str:
 
 
 def svd_method(text: str) -> str:
-    """An argparse type for --svd-method: one of linalg.SVD_METHODS (read when the flag is given)."""
-    from ..linalg import SVD_METHODS
+    """An argparse type for --svd-method: analyses.common.check_svd_method, run when the flag is given."""
+    from ..analyses.common import check_svd_method
+    from ..errors import UserError
 
-    if text not in SVD_METHODS:
-        raise argparse.ArgumentTypeError(f"invalid choice {text!r} (choose from {', '.join(SVD_METHODS)})")
-    return text
+    try:
+        return check_svd_method(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_svd_method(parser: argparse.ArgumentParser) -> None:

@@ -19,7 +19,8 @@ from ..edits import EDITS
 from ..errors import UserError
 from ..evaluate.judges import DEFAULT_JUDGE, JUDGES
 from ..files import read_text
-from ..linalg import SVD_METHODS, check_fraction
+from ..analyses.common import check_svd_method
+from ..linalg import check_fraction
 from ..names import check_name
 from ..registry import Spec
 from ..schema import as_plain, build
@@ -147,13 +148,11 @@ def paper_grid() -> list[GridEntry]:
 
 
 class _SvdMethods:
-    """Annotated[str, ...] checker: one of linalg.SVD_METHODS."""
+    """Annotated[str, ...] checker: analyses.common.check_svd_method."""
 
     def convert(self, value: Any, where: str) -> str:
-        """The method name (a UserError listing the methods otherwise)."""
-        if value not in SVD_METHODS:
-            raise UserError(f"{where}: {value!r} is not allowed; use one of {', '.join(map(repr, SVD_METHODS))}")
-        return value
+        """The method name (a UserError naming where and the methods otherwise)."""
+        return check_svd_method(value, f"{where}:")
 
 
 SvdMethod = Annotated[str, _SvdMethods()]

@@ -12,7 +12,7 @@ from ... import layout
 from ...errors import UserError
 from ...files import atomic_write_text, make_dirs, write_csv
 from ...rundir import read_document
-from ...tables import PAPER_TABLES, RESULT_TABLES
+from ...tables import PAPER_TABLES, RESULT_TABLES, Table
 from ..config import Study, parse_study
 from .figures import ReportData, draw_figures
 from .paper_tables import PaperTable, paper_tables, table_html
@@ -25,6 +25,18 @@ td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}td:first-child{t
 tr.ref td{background:#f4f4f4;text-align:center}tr.ref td:first-child{text-align:left}img{max-width:100%}figure{margin:1em 0}
 .note{color:#555;font-size:.9em}li{margin:.3em 0}
 """
+
+
+def study_tables(study: Study) -> dict[str, Table]:
+    """The result tables a study's jobs fill: the built-in ones, and those of every analysis it names (a plugin's too)."""
+    from ...analyses import build_analysis
+    from ..plan import analysis_specs
+
+    tables = dict(RESULT_TABLES)
+    for spec in analysis_specs(study):
+        table = build_analysis(spec.name, spec.options).table
+        tables.setdefault(table.name, table)
+    return tables
 
 
 def load_run(run_dir: Path) -> tuple[Study, dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
@@ -44,7 +56,7 @@ def load_run(run_dir: Path) -> tuple[Study, dict[str, list[dict[str, Any]]], lis
         raise UserError(f"{config}: {exc}") from None
     store = Store(run_dir / layout.STORE)
     try:
-        tables = {name: store.rows(name) for name in RESULT_TABLES}
+        tables = {name: store.rows(name) for name in study_tables(study)}
         jobs = store.jobs()
     finally:
         store.close()
@@ -55,9 +67,10 @@ def write_report(run_dir: Path) -> Path:
     """Write report.html, CSV exports and figures/*.png for a study run; return the HTML path."""
     run_dir = Path(run_dir)
     study, tables, jobs = load_run(run_dir)
+    schemas = study_tables(study)
     for name, rows in tables.items():
         if rows:
-            write_csv(run_dir / RESULT_TABLES[name].csv, rows, RESULT_TABLES[name].columns)
+            write_csv(run_dir / schemas[name].csv, rows, schemas[name].columns)
     paper = paper_tables(tables["evaluation"], study)
     write_csv(run_dir / PAPER_TABLES.csv, [r for t in paper for r in t.as_rows()], PAPER_TABLES.columns)
     make_dirs(run_dir / layout.FIGURES)
