@@ -232,6 +232,8 @@ class Registry:
         if not summary:
             raise RegistrationError(f"{self.concept} {name!r}: {factory.__qualname__} needs a docstring")
         entry = Entry(name, factory, summary, derive_options(name, factory, self.context, self.concept), aliases, source)
+        if inspect.isclass(factory) and hasattr(factory, "name") and not factory.name:
+            factory.name = name  # a registered class knows its name (labels, identities) without declaring it again
         self._entries[name] = entry
         self._aliases.update({alias: name for alias in aliases})
         return entry

@@ -184,7 +184,7 @@ def band_rows(rows: Sequence[dict], band: Sequence[int]) -> list[dict]:
 class ActivationOverlap(Analysis):
     """MSO of the residual-stream activations of prompt sets within each model, per hidden state and over a depth band."""
 
-    name, table, kind = "activation_overlap", ACTIVATION_OVERLAP, "overlap-activations"
+    table, kind = ACTIVATION_OVERLAP, "overlap-activations"
 
     def __init__(self, prompts: dict[str, str], models: list[str] | None = None, n: int = paper.PROMPTS_PER_SET,
                  allow_fewer: bool = False, eta: list[float] = paper.ETAS, depth: list[float] = paper.BAND,

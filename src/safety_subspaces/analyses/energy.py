@@ -185,7 +185,7 @@ class EnergyResult(AnalysisResult):
 class Energy(Analysis):
     """Energy kept and cosines of every fine-tune under every subspace kind, projection scheme and rank fraction."""
 
-    name, table, kind = "energy", ENERGY, "project"
+    table, kind = ENERGY, "project"
     relative_to_reference = uses_spectra = seeded = True
 
     def __init__(self, finetunes: list[str] | None = None, subspaces: list[str] = paper.SUBSPACE_KINDS,

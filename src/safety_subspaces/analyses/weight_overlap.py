@@ -171,7 +171,7 @@ def overlap_rows(reference: Checkpoint, updates: Mapping[str, Checkpoint], names
 class WeightOverlap(Analysis):
     """MSO of every pair of weight updates relative to the reference, per tensor, per layer and at depth percentiles."""
 
-    name, table, kind = "weight_overlap", WEIGHT_OVERLAP, "overlap-weights"
+    table, kind = WEIGHT_OVERLAP, "overlap-weights"
     relative_to_reference = uses_spectra = True
 
     def __init__(self, updates: list[str], eta: list[float] = paper.ETAS,

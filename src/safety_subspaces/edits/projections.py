@@ -73,21 +73,19 @@ class Projection(Edit):
 class Parallel(Projection):
     """Keep the part of Δ_T inside the subspace: Δ̃ = P Δ_T."""
 
-    name = "parallel"
-
 
 @EDITS.register("orthogonal", aliases=("orth",))
 class Orthogonal(Projection):
     """Keep the part of Δ_T outside the subspace: Δ̃ = (I − P) Δ_T."""
 
-    name, complement = "orthogonal", True
+    complement = True
 
 
 @EDITS.register("opposite", aliases=("opp",))
 class Opposite(Projection):
     """Subtract the part of Δ_T inside the subspace: Δ̃ = −P Δ_T (the reference code's third scheme, not the paper's)."""
 
-    name, sign = "opposite", -1
+    sign = -1
 
 
 def is_projection(name: str) -> bool:

@@ -21,8 +21,6 @@ YES_NO_TEMPLATE = (
 class ClassifierJudge(Judge):
     """A local HF classifier: a sequence classifier, or a causal LM comparing the next-token logits of two words."""
 
-    name = "classifier"
-
     def __init__(self, *, model: str, words: list[str] | None = None, harmful_label: str | None = None,
                  max_length: int = 2048, batch_size: int = 8, device: str | None = None,
                  trust_remote_code: bool = False, allow_pickle: bool = False):
