@@ -113,3 +113,13 @@ def test_one_layer_at_a_time_multiplies_jobs():
     jobs = plan(study, {r: r for r in ("base", "aligned", "useful", "harmful", "contaminated")}, num_layers=3)
     layers = sorted({job.spec.layer for job in jobs if job.kind == "evaluate" and job.spec.edit is not None})
     assert layers == [0, 1, 2]
+
+
+def test_a_worker_builds_each_judge_once(tmp_path):
+    from safety_subspaces.study.config import study_document
+    from safety_subspaces.study.worker import Context, Worker
+
+    worker = Worker(Context(study_document(parse_study(MINIMAL)), {}, str(tmp_path)))
+    first = worker.judge({"name": "refusal"}, 8)
+    assert worker.judge("refusal", 8) is first  # reused across jobs (a classifier would not reload its model)
+    assert worker.judge("organism", 8) is not first and worker.judge("refusal", 4) is not first

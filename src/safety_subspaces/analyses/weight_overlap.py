@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from .. import paper, progress
+from .. import layout, paper, progress
 from ..checkpoints import Checkpoint, TensorFilter, check_compatible, layer_index
 from ..errors import UserError
 from ..names import check_name
@@ -224,7 +224,7 @@ class WeightOverlap(Analysis):
 
     def write_files(self, result: AnalysisResult, stage: Path) -> None:
         """figures/weight_overlap.png."""
-        weight_overlap_figure(result.rows, stage / "figures" / "weight_overlap.png")
+        weight_overlap_figure(result.rows, stage / layout.FIGURES / "weight_overlap.png")
 
 
 # ---------------------------------------------------------------- the `overlap weights` front end

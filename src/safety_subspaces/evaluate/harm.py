@@ -10,15 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .. import files, progress
+from .. import files, layout, progress
 from ..errors import UserError
 from .journal import Journal
 from .judges import REFUSAL_SCORE, Judge, Judgment
 from .table import EvalModel, Labels, as_labels, resolve_eval_model, row, run_identity, write_outputs
 
 RUN_KIND = "evaluate-harm"
-GENERATIONS = "generations.jsonl"
-JUDGMENTS = "judgments.jsonl"
+GENERATIONS, JUDGMENTS = layout.GENERATIONS, layout.JUDGMENTS
 
 
 @dataclass

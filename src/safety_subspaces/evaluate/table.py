@@ -9,11 +9,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from .. import layout
 from ..errors import UserError
+from ..tables import EVALUATION
 
-RESULTS = "results.csv"
-SAMPLES = "samples.jsonl"
-EVAL_COLUMNS = ["model", "variant", "subspace", "scheme", "fraction", "metric", "value", "n", "invalid"]
+RESULTS, SAMPLES = layout.RESULTS, layout.SAMPLE_RECORDS
+EVAL_COLUMNS = list(EVALUATION.columns)
 
 
 @dataclass(frozen=True)
