@@ -79,8 +79,12 @@ def test_frames_are_nested_across_fractions_and_seeded(kind):
     small, large = kind_frame(kind, spectrum, 3, seed=5), kind_frame(kind, spectrum, 9, seed=5)
     np.testing.assert_allclose(small.numpy(), large[:, :3].numpy(), atol=1e-6)
     assert torch.equal(small, kind_frame(kind, spectrum, 3, seed=5))
-    if kind != "top_k":
-        assert not torch.allclose(small, kind_frame(kind, spectrum, 3, seed=6))
+
+
+@pytest.mark.parametrize("kind", ["random_k", "random"])
+def test_random_kinds_depend_on_the_seed(kind):
+    spectrum = spectrum_of(gaussian(30, 12, 0))
+    assert not torch.allclose(kind_frame(kind, spectrum, 3, seed=5), kind_frame(kind, spectrum, 3, seed=6))
 
 
 def test_a_frame_never_exceeds_the_numerical_rank():
