@@ -123,3 +123,13 @@ def test_a_worker_builds_each_judge_once(tmp_path):
     first = worker.judge({"name": "refusal"}, 8)
     assert worker.judge("refusal", 8) is first  # reused across jobs (a classifier would not reload its model)
     assert worker.judge("organism", 8) is not first and worker.judge("refusal", 4) is not first
+
+
+def test_resolving_a_study_never_builds_the_zoo(tmp_path, monkeypatch):
+    from safety_subspaces.study.runner import resolve
+
+    monkeypatch.setenv("SAFETY_SUBSPACES_ZOO", str(tmp_path / "zoo"))
+    resolved = resolve(load_study(default_study_path()))
+    assert resolved.needs_zoo and resolved.paths == {}  # every model waits for the materialise stage
+    assert any("not built yet" in note for note in resolved.notes)
+    assert not (tmp_path / "zoo").exists()
