@@ -1,4 +1,4 @@
-"""Resolve model references (local directories or hub ids) and load models and tokenizers safely."""
+"""Load causal LMs and tokenizers safely (references resolved by model_dir: no remote code, no pickle unless asked)."""
 
 from __future__ import annotations
 

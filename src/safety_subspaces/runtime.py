@@ -1,4 +1,4 @@
-"""Process-wide runtime settings: CPU threads and determinism."""
+"""Process-wide runtime settings: CPU threads, stable seeds, and the one rule for the "auto" device."""
 
 from __future__ import annotations
 
