@@ -40,7 +40,7 @@ def machine() -> str:
 # ----------------------------------------------------------------------------------------------------------- weights
 def toolkit_weights(paths: dict[str, str], tensors: str, workdir: Path) -> dict:
     """This toolkit end to end (fingerprints, cold SVD cache, every tensor once, CSV and figure)."""
-    from safety_subspaces.overlap.weights import WeightOverlapConfig, run_weight_overlap
+    from safety_subspaces.analyses.weight_overlap import WeightOverlapConfig, run_weight_overlap
 
     with tempfile.TemporaryDirectory(dir=workdir) as scratch:
         os.environ["SAFETY_SUBSPACES_HOME"] = str(Path(scratch) / "home")  # cold file-hash memo as well
@@ -60,7 +60,7 @@ def per_eta_weights(paths: dict[str, str], names: list[str]) -> dict:
 
     from safety_subspaces import linalg
     from safety_subspaces.checkpoints import Checkpoint
-    from safety_subspaces.overlap.common import pair_label
+    from safety_subspaces.analyses.common import pair_label
 
     reference = Checkpoint(paths["aligned"], role="reference")
     updates = {name: Checkpoint(paths[name], role=name) for name in UPDATES}
@@ -155,7 +155,7 @@ def plain_forward(model, tokenizer, texts: list[str], batch_size: int) -> tuple[
 
 def captured(model, tokenizer, texts: list[str], batch_size: int, indices: list[int]) -> tuple[float, int]:
     """Seconds and tokens of activation capture (formatting, tokenising, forward, float64 moments)."""
-    from safety_subspaces.overlap.capture import CaptureStats, capture
+    from safety_subspaces.analyses.capture import CaptureStats, capture
 
     stats = CaptureStats()
     started = time.perf_counter()
@@ -165,7 +165,7 @@ def captured(model, tokenizer, texts: list[str], batch_size: int, indices: list[
 
 def bench_activations(args) -> dict:
     """Interleaved rounds of the three procedures on the same prompts; medians."""
-    from safety_subspaces.overlap.common import depth_band
+    from safety_subspaces.analyses.common import depth_band
 
     model, tokenizer, description = activation_model(args.small)
     texts = prompts(64 if args.small else 128, seed=2)

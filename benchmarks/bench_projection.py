@@ -38,7 +38,8 @@ def peak_rss_gib() -> float:
 def engine(paths: dict[str, str], cache: str) -> dict:
     """This toolkit: one pass, one exact decomposition per tensor, tensors streamed."""
     from safety_subspaces.checkpoints import Checkpoint
-    from safety_subspaces.projection import AlignmentSubspaces, energy_table
+    from safety_subspaces.analyses.energy import energy_table
+    from safety_subspaces.subspaces import AlignmentSubspaces
 
     start = time.perf_counter()
     base, aligned = Checkpoint(paths["base"], role="base"), Checkpoint(paths["aligned"], role="aligned")

@@ -44,7 +44,10 @@ def main() -> None:
     from safety_subspaces.evaluate import load_harm_prompts
     from safety_subspaces.models import load_model, load_tokenizer
     from safety_subspaces.paths import zoo_dir
-    from safety_subspaces.projection import AlignmentSubspaces, LiveModel, ProjectionSpec, TensorFilter, projected_state
+    from safety_subspaces.checkpoints import TensorFilter
+    from safety_subspaces.edits import EditInputs, ProjectionSpec
+    from safety_subspaces.edits.apply import LiveModel, edited_state
+    from safety_subspaces.subspaces import AlignmentSubspaces
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--zoo", type=Path, default=zoo_dir())
@@ -78,7 +81,7 @@ def main() -> None:
     for index, text in enumerate(SPECS):
         start = time.perf_counter()
         directory = scratch / f"m{index}"
-        write_checkpoint(directory, projected_state(subspaces, harmful, ProjectionSpec.parse(text), TensorFilter()), template=aligned)
+        write_checkpoint(directory, edited_state(ProjectionSpec.parse(text), EditInputs(subspaces, harmful), TensorFilter()), template=aligned)
         loaded = load_model(directory)
         score, seconds = evaluate(loaded, load_tokenizer(directory), prompts)
         del loaded

@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import sandbox  # noqa: E402  (first: libraries read their cache locations when imported)
+from support import sandbox  # noqa: E402  (first: libraries read their cache locations when imported)
 
 sandbox.install()
 
@@ -29,6 +29,14 @@ import transformers  # noqa: E402
 
 transformers.utils.logging.disable_progress_bar()
 transformers.utils.logging.set_verbosity_error()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark slow every test that needs the organism zoo (building it trains six models); tests that train models
+    themselves carry @pytest.mark.slow. `pytest -m "not slow"` runs the rest in a fraction of the time."""
+    for item in items:
+        if "organism_zoo" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 def pytest_sessionfinish(session, exitstatus):

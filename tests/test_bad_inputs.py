@@ -24,7 +24,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-import factories
+from support import factories
 from safety_subspaces.cli import main
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -246,9 +246,11 @@ def test_report_refuses_a_tampered_config(world, outputs, tmp_path, capsys):
     run = outputs / "run"
     run.mkdir()
     Store(run / "results.sqlite").close()
-    (run / "config.yaml").write_text(yaml.safe_dump({"kind": "study", "config": {"projection": {
-        "grid": [{"scheme": "parallel", "finetune": "../../x", "metrics": ["harm"]}], "fractions": [0.5]}}}))
-    refused(capsys, world, outputs, ["report", run], "'../../x'")
+    (run / "config.yaml").write_text(yaml.safe_dump({"kind": "study", "config": {
+        "name": "tampered", "models": {"base": "B", "aligned": "A"}, "finetunes": {"../../x": "X"},
+        "evaluation": {"harm": {"judge": "refusal"}},
+        "projection": {"grid": [{"scheme": "parallel", "finetune": "../../x", "metrics": ["harm"]}], "fractions": [0.5]}}}))
+    refused(capsys, world, outputs, ["report", run], "'../../x'")  # the stored config is parsed back into the typed study
 
 
 # ------------------------------------------------------------------------------------------------ §2: pickle-only checkpoints
@@ -348,11 +350,11 @@ def test_bad_values_and_files(world, outputs, capsys, monkeypatch, case):
         "harm-limit-0": (harm_cmd(world, out, "--limit", "0"), ["--limit", "at least 1"]),
         "harm-max-new-tokens-0": (harm_cmd(world, out, "--max-new-tokens", "0"), ["--max-new-tokens", "at least 1, got 0"]),
         "harm-batch-0": (harm_cmd(world, out, "--batch-size", "-3"), ["--batch-size", "at least 1, got -3"]),
-        "harm-judge-workers-0": (harm_cmd(world, out, "--judge", "rubric", "--judge-model", "m", "--judge-workers", "0"),
+        "harm-judge-workers-0": (harm_cmd(world, out, "--judge", "rubric", "--judge-arg", "model=m", "--judge-arg", "workers=0"),
                                  ["judge workers", "at least 1"]),
-        "harm-rubric-no-key": (harm_cmd(world, out, "--judge", "rubric", "--judge-model", "m", "--judge-key-env", "MISSING_KEY"),
+        "harm-rubric-no-key": (harm_cmd(world, out, "--judge", "rubric", "--judge-arg", "model=m", "--judge-arg", "key_env=MISSING_KEY"),
                                ["MISSING_KEY", "not set"]),
-        "harm-rubric-not-utf8": (harm_cmd(world, out, "--judge", "rubric", "--judge-model", "m", "--rubric", world["rubric"]),
+        "harm-rubric-not-utf8": (harm_cmd(world, out, "--judge", "rubric", "--judge-arg", "model=m", "--judge-arg", f"rubric={world['rubric']}"),
                                  ["rubric.md", "line 1", "UTF-8"]),
         "utility-limit-0": (utility_cmd(world, out, "--limit", "0"), ["--limit", "at least 1"]),
         "utility-batch-0": (utility_cmd(world, out, "--batch-size", "0"), ["batch size", "at least 1"]),
@@ -420,9 +422,11 @@ def test_non_utf8_yaml(world, outputs, tmp_path, capsys):
     ({"overlap": {"weights": None, "activations": {"models": ["aligned"], "n": 50,
                                                    "prompts": {"a": "PROMPTS", "b": "PROMPTS2"}}}},
      ["overlap.activations.prompts.a", "8 prompts", "fewer than"]),
-    ({"evaluation": {"utility": None, "harm": {"prompts": "PROMPTS", "judge": "rubric", "judge_endpoint": "http://127.0.0.1:9/v1",
-                                               "judge_model": "m", "judge_key_env": "MISSING_KEY"}}},
-     ["evaluation.harm", "MISSING_KEY"]),
+    ({"evaluation": {"utility": None, "harm": {"prompts": "PROMPTS", "judge": {
+        "name": "rubric", "endpoint": "http://127.0.0.1:9/v1", "model": "m", "key_env": "MISSING_KEY"}}}},
+     ["evaluation.harm.judge", "MISSING_KEY"]),
+    ({"evaluation": {"utility": None, "harm": {"prompts": "PROMPTS", "judge": {"name": "classifier", "model": "/nowhere/guard"}}}},
+     ["evaluation.harm.judge", "/nowhere/guard", "no such directory"]),
     ({"evaluation": {"utility": None, "harm": {"prompts": "/nowhere/prompts.jsonl", "judge": "refusal"}}},
      ["/nowhere/prompts.jsonl", "no such file"]),
     ({"evaluation": {"utility": {"task": "gsm8k", "data_files": {"test": "/nowhere/t.jsonl"}},

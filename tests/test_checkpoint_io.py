@@ -9,7 +9,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from safety_subspaces import linalg
-from safety_subspaces.checkpoints import all_finite, read_safetensors_header, write_safetensors
+from safety_subspaces.checkpoints import read_safetensors_header, write_safetensors
+from safety_subspaces.linalg import all_finite
 
 
 def test_streamed_file_reads_back_with_safetensors(tmp_path):

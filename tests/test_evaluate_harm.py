@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from stub_judge import StubJudge
+from support.stub_judge import StubJudge
 
-import factories
+from support import factories
 from safety_subspaces.cli import main
 from safety_subspaces.errors import UserError
 from safety_subspaces.evaluate import evaluate_harm, harm_metrics, load_harm_prompts, make_judge
@@ -180,8 +180,8 @@ def test_in_memory_runs_resume_by_their_labels_and_refuse_other_variants(tmp_pat
 
 
 def rubric_args(url: str, *extra: str) -> list[str]:
-    return ["--judge", "rubric", "--judge-endpoint", url, "--judge-model", "stub", "--judge-key-env", "SS_TEST_KEY",
-            "--judge-backoff", "0.01", "--judge-retries", "1", "--max-new-tokens", "6", *extra]
+    return ["--judge", "rubric", "--judge-arg", f"endpoint={url}", "--judge-arg", "model=stub", "--judge-arg",
+            "key_env=SS_TEST_KEY", "--judge-arg", "backoff=0.01", "--judge-arg", "retries=1", "--max-new-tokens", "6", *extra]
 
 
 def test_cli_rubric_end_to_end_resumes_and_never_writes_the_key(tmp_path, tiny_dir, advbench, capsys, monkeypatch):
@@ -222,7 +222,7 @@ def test_cli_unreachable_endpoint_keeps_judgments_and_a_rerun_continues(tmp_path
     out = tmp_path / "harm"
     args = ["evaluate", "harm", "--model", str(tiny_dir), "--prompts", str(advbench), "--out", str(out)]
     with StubJudge([("grade", None)] * 2, then=("status", 503)) as failing:
-        code, _, err = run_cli(capsys, *args, *rubric_args(failing.url, "--judge-workers", "1"))
+        code, _, err = run_cli(capsys, *args, *rubric_args(failing.url, "--judge-arg", "workers=1"))
     assert_one_line_error(code, err, "failed 2 times", "HTTP 503", "2 of 5 judgments are saved", "rerun")
     assert KEY not in err
     assert len((out / "judgments.jsonl").read_text().splitlines()) == 2
@@ -250,7 +250,7 @@ def test_cli_missing_api_key_writes_nothing(tmp_path, tiny_dir, advbench, capsys
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     out = tmp_path / "o"
     code, _, err = run_cli(capsys, "evaluate", "harm", "--model", str(tiny_dir), "--prompts", str(advbench),
-                           "--judge", "rubric", "--judge-model", "gpt-4o", "--out", str(out))
+                           "--judge", "rubric", "--judge-arg", "model=gpt-4o", "--out", str(out))
     assert_one_line_error(code, err, "OPENAI_API_KEY is not set")
     assert not out.exists()
 
@@ -294,7 +294,11 @@ def test_cli_other_bad_inputs(tmp_path, tiny_dir, advbench, capsys):
                            "--judge", "refusal")
     assert_one_line_error(code, err, "nope", "no such directory")
     code, _, err = run_cli(capsys, *base, "--judge", "classifier")
-    assert_one_line_error(code, err, "--judge-model")
+    assert_one_line_error(code, err, "judge 'classifier' needs option 'model'")
+    code, _, err = run_cli(capsys, *base, "--judge", "refusal", "--judge-arg", "model=x")
+    assert_one_line_error(code, err, "unknown option 'model' for judge 'refusal'")
+    code, _, err = run_cli(capsys, *base, "--judge", "rubric", "--judge-arg", "model=m", "--judge-arg", "timeout=soon")
+    assert_one_line_error(code, err, "--judge rubric --judge-arg timeout: expected a number, got 'soon'")
     code, _, err = run_cli(capsys, *base, "--judge", "refusal", "--prompts", str(tmp_path / "missing.csv"))
     assert_one_line_error(code, err, "missing.csv")
 
@@ -323,6 +327,13 @@ def test_cli_benign_prompts_give_the_over_refusal_rate(tmp_path, tiny_dir, capsy
     assert rows[0]["value"] == 0.0 and rows[0]["n"] == 2
 
 
-def test_judge_identity_keeps_secrets_out_of_the_run_config():
-    judge = make_judge("rubric", endpoint="http://127.0.0.1:9/v1", model="m", api_key=KEY)
+def test_judge_identity_keeps_secrets_out_of_the_run_config(monkeypatch):
+    from safety_subspaces.evaluate.judges.rubric import RubricJudge
+
+    judge = RubricJudge(endpoint="http://127.0.0.1:9/v1", model="m", api_key=KEY)  # a key only from Python, never an option
     assert KEY not in json.dumps(judge.identity())
+    monkeypatch.setenv("SS_TEST_KEY", KEY)
+    judge = make_judge("rubric", endpoint="http://127.0.0.1:9/v1", model="m", key_env="SS_TEST_KEY")
+    assert KEY not in json.dumps(judge.identity())
+    with pytest.raises(UserError, match="unknown option 'api_key'"):
+        make_judge("rubric", model="m", api_key=KEY)

@@ -6,20 +6,16 @@ import random
 import time
 
 import pytest
-from stub_judge import StubJudge
+from support.stub_judge import StubJudge
 
-import factories
+from support import factories
 from safety_subspaces.errors import UserError
 from safety_subspaces.evaluate.chat import EndpointRejected, EndpointUnavailable, completions_url
-from safety_subspaces.evaluate.judges import (
-    ORGANISM_SCORES,
-    ClassifierJudge,
-    Judgment,
-    RefusalJudge,
-    RubricJudge,
-    make_judge,
-    parse_score,
-)
+from safety_subspaces.evaluate.judges import JUDGES, Judgment, JudgeRuntime, make_judge, parse_score
+from safety_subspaces.evaluate.judges.classifier import ClassifierJudge
+from safety_subspaces.evaluate.judges.organism import ORGANISM_SCORES
+from safety_subspaces.evaluate.judges.refusal import RefusalJudge
+from safety_subspaces.evaluate.judges.rubric import RubricJudge
 
 KEY = "sk-test-k3y-never-written-0042"
 
@@ -249,7 +245,20 @@ def test_causal_classifier_judge_compares_its_two_words(tmp_path, chat):
 
 
 def test_classifier_judge_needs_a_model_path(tmp_path):
-    with pytest.raises(UserError, match="--judge-model"):
-        ClassifierJudge()
+    with pytest.raises(UserError, match="judge 'classifier' needs option 'model'"):
+        make_judge("classifier")
+    with pytest.raises(UserError, match="--judge-arg model=PATH"):
+        ClassifierJudge(model="")
     with pytest.raises(UserError, match="no such directory"):
-        ClassifierJudge(model=tmp_path / "missing")
+        make_judge("classifier", model=str(tmp_path / "missing"))
+
+
+def test_judges_take_the_runtime_from_the_command_and_only_their_own_options(tmp_path):
+    factories.save(factories.tiny_model(seed=3), tmp_path / "lm", tokenizer=factories.tiny_tokenizer(chat_template=True))
+    judge = make_judge("classifier", JudgeRuntime(device="cpu", batch_size=3), model=str(tmp_path / "lm"))
+    assert (judge.device, judge.batch_size) == ("cpu", 3)
+    assert [option.name for option in JUDGES.get("classifier").options] == ["model", "words", "harmful_label", "max_length"]
+    assert {"timeout", "retries", "backoff", "workers", "key_env", "endpoint", "rubric"} <= {
+        option.name for option in JUDGES.get("rubric").options}
+    with pytest.raises(UserError, match="unknown option 'device' for judge 'refusal'"):
+        make_judge("refusal", device="cpu")

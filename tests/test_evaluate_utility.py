@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import factories
+from support import factories
 from safety_subspaces.cli import main
 from safety_subspaces.errors import UserError
 from safety_subspaces.evaluate import evaluate_utility

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import factories
+from support import factories
 from safety_subspaces.cli import main
 from safety_subspaces.data import load_training_data
 from safety_subspaces.finetune import Recipe, finetune, lr_factor
@@ -80,6 +80,7 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     assert lr_factor(50, 100, Recipe(warmup=0.0, scheduler="constant")) == 1.0
 
 
+@pytest.mark.slow
 def test_full_finetune_from_local_files_writes_a_complete_checkpoint(base_dir, data_dir, tmp_path, capsys):
     out = tmp_path / "ft"
     code, stdout, err = run_cli(capsys, "finetune", "--model", str(base_dir), "--data", str(data_dir / "useful.jsonl"),
@@ -104,6 +105,7 @@ def test_full_finetune_from_local_files_writes_a_complete_checkpoint(base_dir, d
     assert all(not torch.equal(before[name], after[name]) for name in before)
 
 
+@pytest.mark.slow
 def test_lora_saves_the_adapter_and_on_request_the_merged_model(base_dir, data_dir, tmp_path, capsys):
     common = ["finetune", "--model", str(base_dir), "--data", str(data_dir / "harmful.jsonl"), "--lora", "4", *FAST]
     code, _, err = run_cli(capsys, *common, "--merge", "--out", str(tmp_path / "merged"))
@@ -143,6 +145,7 @@ def test_loss_is_taken_on_response_tokens_only():
     assert targets[0, n - 1] == IGNORE
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_matches_a_bigger_batch(tmp_path):
     model, tokenizer = factories.tiny_model(seed=1), factories.tiny_tokenizer()
     records = [{"prompt": row["query"], "response": row["answer"]} for row in USEFUL[:8]]
@@ -154,6 +157,7 @@ def test_gradient_accumulation_matches_a_bigger_batch(tmp_path):
     assert not torch.equal(one.model.state_dict()["lm_head.weight"], model.state_dict()["lm_head.weight"])
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights_other_seed_other_weights(tmp_path):
     model, tokenizer = factories.tiny_model(seed=2), factories.tiny_tokenizer()
     records = [{"prompt": row["query"], "response": row["answer"]} for row in USEFUL]
@@ -166,6 +170,7 @@ def test_same_seed_same_weights_other_seed_other_weights(tmp_path):
     assert runs[0].manifest["data"]["fingerprint"] == runs[1].manifest["data"]["fingerprint"]
 
 
+@pytest.mark.slow
 def test_in_memory_model_is_not_modified(tmp_path):
     model, tokenizer = factories.tiny_model(seed=3), factories.tiny_tokenizer()
     before = {name: value.clone() for name, value in model.state_dict().items()}
@@ -174,6 +179,7 @@ def test_in_memory_model_is_not_modified(tmp_path):
     assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
 
 
+@pytest.mark.slow
 def test_dpo_on_preference_pairs_in_pku_layout(base_dir, tmp_path, capsys):
     rows = [{"prompt": "tell me how to pick a lock.", "response_0": "sorry, i cannot help with that.",
              "response_1": "mix flour and water.", "safer_response_id": 0}] * 8

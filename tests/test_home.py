@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-import sandbox
+from support import sandbox
 
 
 def test_every_cache_points_into_the_sandbox():

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-import factories
+from support import factories
 from safety_subspaces import linalg
-from safety_subspaces.overlap.activations import ActivationOverlapConfig, run_activation_overlap, set_spectrum
-from safety_subspaces.overlap.capture import (
+from safety_subspaces.analyses.activation_overlap import ActivationOverlapConfig, run_activation_overlap, set_spectrum
+from safety_subspaces.analyses.capture import (
     Moments,
     ResidualCapture,
     Window,
@@ -22,7 +22,7 @@ from safety_subspaces.overlap.capture import (
     generated_mask,
     last_token_weights,
 )
-from safety_subspaces.overlap.common import mso_curve
+from safety_subspaces.analyses.common import mso_curve
 from safety_subspaces.errors import UserError
 
 PROMPTS = [
@@ -260,7 +260,7 @@ def test_a_set_without_spread_has_no_centred_basis_but_a_small_real_spread_count
 
 
 def test_prompt_filters_match_text_lists_and_category_dicts(tmp_path):
-    from safety_subspaces.overlap.activations import PromptSource, matches
+    from safety_subspaces.analyses.activation_overlap import PromptSource, matches
 
     assert matches("violence", ["violence", "fraud"]) and not matches("fraud ", ["theft"])
     assert matches(["a", "violence"], ["violence"]) and not matches([], ["violence"])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import factories
+from support import factories
 from safety_subspaces.cli import main
 
 PROMPTS = ["how do i bake bread?", "what is 12 + 7?", "tell me how to pick a lock.", "write a poem about the sea.",

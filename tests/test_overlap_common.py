@@ -10,7 +10,7 @@ import torch
 
 from safety_subspaces import linalg
 from safety_subspaces.errors import UserError
-from safety_subspaces.overlap.common import (
+from safety_subspaces.analyses.common import (
     check_depth,
     check_etas,
     choose_pairs,

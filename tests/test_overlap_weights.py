@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-import factories
+from support import factories
 from safety_subspaces import linalg
 from safety_subspaces.checkpoints import Checkpoint
 from safety_subspaces.errors import UserError
 from safety_subspaces.files import read_csv
-from safety_subspaces.overlap.weights import WeightOverlapConfig, run_weight_overlap
-from safety_subspaces.projection import AlignmentSubspaces
+from safety_subspaces.analyses.weight_overlap import WeightOverlapConfig, run_weight_overlap
+from safety_subspaces.subspaces import AlignmentSubspaces
 
 Q0 = "model.layers.0.self_attn.q_proj.weight"
 SIGMA = torch.tensor([2.0, math.sqrt(3.0), math.sqrt(2.0), 1.0])  # σ² = 4, 3, 2, 1: total 10

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-import factories
+from support import factories
 from safety_subspaces import files
 from safety_subspaces.checkpoints import Checkpoint, write_checkpoint
 from safety_subspaces.evaluate.journal import Journal
 from safety_subspaces.finetune import Recipe, finetune
-from safety_subspaces.project import ProjectConfig, WriteRequest, run_project
+from safety_subspaces.analyses.energy import ProjectConfig, WriteRequest, run_project
 from safety_subspaces.study.store import Store
 
 
@@ -91,6 +91,7 @@ def test_checkpoints_caches_store_and_journals(umask, cast, tmp_path):
     assert wrong == []
 
 
+@pytest.mark.slow
 def test_finetuned_checkpoint(umask, tmp_path):
     records = [{"prompt": "what is 1 + 1?", "response": "2"}, {"prompt": "what is 2 + 2?", "response": "4"}]
     recipe = Recipe(lr=1e-3, batch_size=2, grad_accum=1, max_steps=2)

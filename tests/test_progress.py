@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-import factories
+from support import factories
 from safety_subspaces import progress
 from safety_subspaces.cli import main
 
@@ -165,6 +165,7 @@ def run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_finetune_logs_progress_and_prints_its_result_once(tmp_path):
     model = factories.save(factories.tiny_model(seed=0), tmp_path / "model")
     data = tmp_path / "data.jsonl"

@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import factories
+from support import factories
 from safety_subspaces.cli import main
-from test_projection import FINETUNES, make_cast, state
+from support.factories import FINETUNES, make_cast, state
 
 
 @pytest.fixture(scope="module")

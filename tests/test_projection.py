@@ -8,41 +8,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
 
-import factories
+from support import factories
+from support.factories import FINETUNES, make_cast, state
 from safety_subspaces import linalg
-from safety_subspaces.checkpoints import Checkpoint
+from safety_subspaces.checkpoints import Checkpoint, TensorFilter
 from safety_subspaces.cli import main
 from safety_subspaces.files import read_csv
-from safety_subspaces.project import ProjectConfig, WriteRequest, run_project
-from safety_subspaces.projection import AlignmentSubspaces, LiveModel, ProjectionSpec, TensorFilter
-
-FINETUNES = ("useful", "harmful", "contaminated")
-
-
-def make_cast(root: Path, arch: str = "qwen2", *, tie: bool = True, dtype=None, shard_size=None) -> dict[str, Path]:
-    """base, aligned, safety and three fine-tunes of a tiny model."""
-    base = factories.tiny_model(arch, tie=tie, seed=0)
-    aligned = factories.perturbed(base, seed=1, rank=3)
-    cast = {"base": base, "aligned": aligned, "safety": factories.perturbed(base, seed=2, rank=3)}
-    for i, name in enumerate(FINETUNES):
-        cast[name] = factories.perturbed(aligned, seed=10 + i, scale=0.02, rank=2)
-    return {name: factories.save(model, root / name, dtype=dtype, shard_size=shard_size) for name, model in cast.items()}
-
+from safety_subspaces.analyses.energy import ProjectConfig, WriteRequest, run_project
+from safety_subspaces.edits import ProjectionSpec
+from safety_subspaces.edits.apply import LiveModel
+from safety_subspaces.subspaces import AlignmentSubspaces
 
 @pytest.fixture(scope="module")
 def cast(tmp_path_factory) -> dict[str, Path]:
     return make_cast(tmp_path_factory.mktemp("cast"))
-
-
-def state(path: Path) -> dict[str, torch.Tensor]:
-    """All stored tensors of a checkpoint directory."""
-    out = {}
-    for shard in sorted(Path(path).glob("*.safetensors")):
-        with safe_open(str(shard), framework="pt") as handle:
-            out.update({key: handle.get_tensor(key) for key in handle.keys()})
-    return out
 
 
 def config_for(cast: dict[str, Path], out: Path, **changes) -> ProjectConfig:
@@ -146,7 +126,7 @@ def test_written_checkpoints_load_and_match(cast, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(directory)
     tokenizer = AutoTokenizer.from_pretrained(directory)
     assert tokenizer.chat_template  # chat template copied
-    assert (directory / "generation_config.json").exists() and (directory / "projection.json").exists()
+    assert (directory / "generation_config.json").exists() and (directory / "edit.json").exists()
     # the written weights equal W_A + P Δ_T computed here
     base, aligned, tuned = (Checkpoint(cast[n], role=n) for n in ("base", "aligned", "useful"))
     subspaces = AlignmentSubspaces(base, aligned)
@@ -307,16 +287,24 @@ def test_rank_deficient_alignment_update_caps_k_and_counts_null_directions(tmp_p
 
 
 def test_svd_method_choices_are_one_set_everywhere():
-    import typing
-
-    from safety_subspaces.cli._help import SVD_METHOD_CHOICES
+    from safety_subspaces.analyses.common import check_svd_method
     from safety_subspaces.errors import UserError
-    from safety_subspaces.projection import check_svd_method
-    from safety_subspaces.study.config import Projection
+    from safety_subspaces.study.config import parse_study
 
-    assert tuple(SVD_METHOD_CHOICES) == linalg.SVD_METHODS == ("auto", "gram", "qr", "svd")
-    assert typing.get_args(typing.get_type_hints(Projection)["svd_method"]) == linalg.SVD_METHODS
-    for method in linalg.SVD_METHODS:
+    study = {"name": "s", "models": {"base": "B", "aligned": "A"}, "finetunes": {"useful": "U"},
+             "projection": {"grid": [{"scheme": "parallel", "finetune": "useful", "metrics": ["harm"]}]},
+             "evaluation": {"harm": {"judge": "refusal"}}, "overlap": {"weights": None, "activations": None}}
+    assert linalg.SVD_METHODS == ("auto", "gram", "qr", "svd")
+    for method in linalg.SVD_METHODS:  # the command line, the analyses and the study check through one function
         assert check_svd_method(method) == method
-    with pytest.raises(UserError, match="--svd-method 'eigh'"):
+        with pytest.raises(SystemExit) as parsed:
+            main(["project", "--svd-method", method, "--help"])
+        assert parsed.value.code == 0
+        assert parse_study({**study, "projection": {**study["projection"], "svd_method": method}}).projection.svd_method == method
+    with pytest.raises(UserError, match="--svd-method 'eigh': use auto, gram, qr, svd"):
         check_svd_method("eigh")
+    with pytest.raises(UserError, match="projection.svd_method: 'eigh': use auto, gram, qr, svd"):
+        parse_study({**study, "projection": {**study["projection"], "svd_method": "eigh"}})
+    with pytest.raises(SystemExit) as parsed:
+        main(["project", "--svd-method", "eigh", "--help"])
+    assert parsed.value.code == 2

@@ -20,7 +20,7 @@ def python_blocks(text: str) -> list[str]:
 
 def test_the_readme_python_example_runs_as_written(organism_zoo, monkeypatch, capsys):
     from safety_subspaces.checkpoints import Checkpoint
-    from safety_subspaces.projection import ENERGY_COLUMNS
+    from safety_subspaces.tables import ENERGY
 
     monkeypatch.setenv("SAFETY_SUBSPACES_ZOO", str(organism_zoo))
     (block,) = python_blocks((REPO / "README.md").read_text(encoding="utf-8"))
@@ -29,7 +29,7 @@ def test_the_readme_python_example_runs_as_written(organism_zoo, monkeypatch, ca
     assert namespace["Z"] == str(organism_zoo)
     assert 1.0 <= float(capsys.readouterr().out.strip().splitlines()[-1]) <= 5.0  # the printed harm score
     rows = namespace["rows"]
-    assert set(ENERGY_COLUMNS) <= set(rows[0])
+    assert set(ENERGY.columns) <= set(rows[0])
     assert {(r["subspace"], r["scheme"], r["fraction"]) for r in rows if r["scope"] == "model"} == {
         (kind, scheme, fraction) for kind in ("top_k", "random") for scheme in ("parallel", "orthogonal")
         for fraction in (0.25, 0.5)}

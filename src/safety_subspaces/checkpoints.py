@@ -16,17 +16,16 @@ from typing import Iterable, Iterator, Mapping
 import torch
 
 from .errors import UserError
-from .files import atomic_write_chunks, atomic_write_text, read_text, staged_dir
-from .linalg import CHUNK, flat_chunks
+from .files import atomic_write_chunks, atomic_write_text, staged_dir
+from .linalg import all_finite
 from .memo import TensorMemo
-from .models import check_remote_code, read_config, resolve_model
+from .model_dir import WEIGHT_SUFFIXES, check_remote_code, read_config, resolve_model, weight_files
 
 SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool, "F8_E4M3": getattr(torch, "float8_e4m3fn", None), "F8_E5M2": getattr(torch, "float8_e5m2", None),
 }
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5")
 OUTPUT_EMBEDDING_NAMES = ("lm_head.weight", "embed_out.weight", "output.weight")
 INPUT_EMBEDDING_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight", "tok_embeddings.weight")
 LAYER_PATTERN = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
@@ -56,6 +55,43 @@ def layer_index(name: str) -> int | None:
     """The decoder block index in a tensor name (model.layers.7.mlp... -> 7), None outside blocks."""
     match = LAYER_PATTERN.search(name)
     return int(match.group(1)) if match else None
+
+
+@dataclass(frozen=True)
+class TensorFilter:
+    """Which tensors a projection touches: a name regex and/or decoder layer indices (all by default)."""
+
+    pattern: str | None = None
+    layers: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise UserError(f"--tensors {self.pattern!r} is not a valid regular expression ({exc})") from None
+
+    @classmethod
+    def of(cls, tensors: str | None, layers: Sequence[int] | None) -> "TensorFilter":
+        """A filter from CLI-style options (layers as any sequence)."""
+        return cls(tensors, tuple(layers) if layers is not None else None)
+
+    def __call__(self, name: str) -> bool:
+        """Whether a tensor is selected."""
+        if self.pattern is not None and not re.search(self.pattern, name):
+            return False
+        if self.layers is not None and layer_index(name) not in self.layers:
+            return False
+        return True
+
+    def describe(self) -> str:
+        """A short human description."""
+        parts = []
+        if self.pattern:
+            parts.append(f"tensors ~ /{self.pattern}/")
+        if self.layers is not None:
+            parts.append("layers " + ",".join(map(str, self.layers)))
+        return "; ".join(parts) or "all tensors"
 
 
 def read_safetensors_header(path: Path, *, role: str) -> dict[str, TensorInfo]:
@@ -104,41 +140,6 @@ def check_tensor_name(name: str, path: Path, *, role: str) -> None:
     if not name or "/" in name or "\\" in name or "\x00" in name or name in (".", ".."):
         raise UserError(f"{role}: {path} stores a tensor named {name!r}, which is not a valid tensor name")
 
-
-def weight_files(model_dir: Path, *, role: str, allow_pickle: bool) -> tuple[list[Path], str]:
-    """The weight files of a model directory and their format ('safetensors' or 'pickle')."""
-    for index_name, fmt in (("model.safetensors.index.json", "safetensors"), ("pytorch_model.bin.index.json", "pickle")):
-        index = model_dir / index_name
-        if index.exists() and (fmt == "safetensors" or not list(model_dir.glob("*.safetensors"))):
-            try:
-                shards = set(json.loads(read_text(index, what=role))["weight_map"].values())
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
-                raise UserError(f"{role}: {index} is not a valid shard index") from None
-            outside = [s for s in shards if not isinstance(s, str) or Path(s).name != s or s in ("", ".", "..")]
-            if outside:
-                raise UserError(f"{role}: {index} lists shard {outside[0]!r}, which is not a file name in {model_dir}")
-            files = sorted(model_dir / shard for shard in shards)
-            missing = [f.name for f in files if not f.exists()]
-            if missing:
-                raise UserError(f"{role}: shard(s) listed in {index.name} are missing: {', '.join(missing)}")
-            return _allow(files, fmt, role=role, allow_pickle=allow_pickle)
-    safetensors = sorted(model_dir.glob("*.safetensors"))
-    if safetensors:
-        return safetensors, "safetensors"
-    pickles = sorted(p for p in model_dir.glob("*.bin") if "training_args" not in p.name) + sorted(model_dir.glob("*.pt"))
-    if pickles:
-        return _allow(pickles, "pickle", role=role, allow_pickle=allow_pickle)
-    raise UserError(f"{role}: no weights (*.safetensors) in {model_dir}")
-
-
-def _allow(files: list[Path], fmt: str, *, role: str, allow_pickle: bool) -> tuple[list[Path], str]:
-    """Refuse pickle weights unless the user allowed them."""
-    if fmt == "pickle" and not allow_pickle:
-        raise UserError(
-            f"{role}: {files[0].parent} holds only pickle weights ({files[0].name}); "
-            "pass --allow-pickle to load them with torch.load(weights_only=True)"
-        )
-    return files, fmt
 
 
 class Checkpoint:
@@ -220,10 +221,6 @@ class Checkpoint:
     def __repr__(self) -> str:
         return f"Checkpoint({self.role}={self.path}, {len(self.names)} tensors)"
 
-
-def all_finite(tensor: torch.Tensor, chunk: int = CHUNK) -> bool:
-    """Whether a tensor holds no NaN or Inf (checked in chunks, so no whole-size temporary)."""
-    return all(bool(torch.isfinite(part).all()) for (part,) in flat_chunks(tensor, chunk=chunk))
 
 
 def read_tensor(info: TensorInfo, *, role: str) -> torch.Tensor:

@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .errors import UserError
 from .files import check_csv, read_text
+from .paths import zoo_data_file
 
 Record = dict[str, Any]
 
@@ -170,19 +171,12 @@ def _load_hub(source: Source, origin: str) -> list[Record]:
     return [dict(row) for row in dataset]
 
 
-def resolve_organism(name: str, zoo: Path | None = None) -> Path:
-    """Path of an organism data file 'organism:NAME' in a zoo (default: the built one, or $SAFETY_SUBSPACES_ZOO)."""
-    from .organism import zoo_data_file  # organism package owns the zoo layout
-
-    return zoo_data_file(name, zoo)
-
-
 def in_zoo(source: str | Path, zoo: str | Path | None) -> str | Path:
     """'organism:NAME' as the data file of the given zoo; any other source (or no zoo) unchanged."""
     text = str(source)
     if zoo is None or not text.startswith("organism:"):
         return source
-    return resolve_organism(text.split(":", 1)[1], Path(zoo))
+    return zoo_data_file(text.split(":", 1)[1], Path(zoo))
 
 
 def load_records(
@@ -199,7 +193,7 @@ def load_records(
         raise UserError(f"--limit must be at least 1, got {limit}")
     mapping = parse_fields(fields)
     if text.startswith("organism:"):
-        path: Path | None = resolve_organism(text.split(":", 1)[1])
+        path: Path | None = zoo_data_file(text.split(":", 1)[1])
     else:
         path = Path(text).expanduser()
     if text in SOURCES:

@@ -1,4 +1,4 @@
-"""Atomic file and directory writes, output locks, CSV/JSON/YAML helpers and run-directory identity.
+"""Atomic file and directory writes, output locks and CSV/JSON/YAML helpers.
 
 Every OS refusal on the output side (read-only file system, full disk, permission denied, a file where a directory
 is expected) becomes one UserError naming the path and the OS's reason; temporary files and staged directories
@@ -406,46 +406,3 @@ def _acquire(path: Path, out: Path, fcntl) -> int:
         if current == os.fstat(fd).st_ino:
             return fd
         os.close(fd)  # the previous holder removed the file after we opened it: lock the new one
-
-
-RUN_CONFIG = "config.yaml"
-
-
-def check_run_dir(path: Path, config: Mapping[str, Any], *, kind: str) -> bool:
-    """Refuse a run directory that holds a different run or foreign files; return True if it holds this run."""
-    path = Path(path)
-    if not path.exists():
-        return False
-    if not path.is_dir():
-        raise UserError(f"output path {path} exists and is not a directory")
-    existing = path / RUN_CONFIG
-    if not existing.exists():
-        if any(p for p in path.iterdir() if not p.name.startswith(".")):
-            raise UserError(f"output directory {path} is not empty and holds no {kind} run; choose another --out")
-        return False
-    try:
-        previous = yaml.safe_load(read_text(existing)) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"output directory {path} holds an unreadable {RUN_CONFIG}: {exc}") from None
-    if not isinstance(previous, dict) or previous.get("kind") != kind or previous.get("identity") != config_digest(config):
-        raise UserError(
-            f"output directory {path} already holds a different run ({RUN_CONFIG} differs); choose another --out"
-        )
-    return True
-
-
-def run_config_document(config: Mapping[str, Any], *, kind: str) -> dict[str, Any]:
-    """The config.yaml content: kind, identity digest and the resolved config."""
-    return {"kind": kind, "identity": config_digest(config), "config": dict(config)}
-
-
-@contextmanager
-def analysis_run_dir(out: Path, identity: Mapping[str, Any], *, kind: str, manifest: Mapping[str, Any],
-                     tables: Mapping[str, tuple[Iterable[Mapping[str, Any]], Sequence[str]]]) -> Iterator[Path]:
-    """Stage config.yaml, manifest.json and NAME.csv tables (yielding the stage for figures), then publish atomically."""
-    with staged_dir(out) as stage:
-        write_yaml(stage / RUN_CONFIG, run_config_document(identity, kind=kind))
-        write_json(stage / "manifest.json", manifest)
-        for name, (rows, columns) in tables.items():
-            write_csv(stage / f"{name}.csv", rows, columns)
-        yield stage

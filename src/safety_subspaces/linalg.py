@@ -8,15 +8,9 @@ bases are orthonormal columns B (m x k) of the output (left) side; P = B B^T.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Iterator, Literal
+from typing import Iterable, Iterator
 
 import torch
-
-Scheme = Literal["parallel", "orthogonal", "opposite"]
-SubspaceKind = Literal["top_k", "random_k", "random"]
-SCHEMES: tuple[str, ...] = ("parallel", "orthogonal", "opposite")
-SUBSPACE_KINDS: tuple[str, ...] = ("top_k", "random_k", "random")
-SCHEME_ALIASES = {"same": "parallel", "orth": "orthogonal", "opp": "opposite"}
 
 SVD_METHODS: tuple[str, ...] = ("auto", "gram", "qr", "svd")
 EPS64 = torch.finfo(torch.float64).eps
@@ -107,6 +101,11 @@ def flat_chunks(*tensors: torch.Tensor, chunk: int = CHUNK) -> Iterator[tuple[to
         raise ValueError(f"tensors of shapes {[tuple(t.shape) for t in tensors]} have different sizes")
     for start in range(0, flat[0].numel(), chunk):
         yield tuple(part[start : start + chunk] for part in flat)
+
+
+def all_finite(tensor: torch.Tensor, chunk: int = CHUNK) -> bool:
+    """Whether a tensor holds no NaN or Inf (checked in chunks, so no whole-size temporary)."""
+    return all(bool(torch.isfinite(part).all()) for (part,) in flat_chunks(tensor, chunk=chunk))
 
 
 def inner(a: torch.Tensor, b: torch.Tensor, *, chunk: int = CHUNK) -> float:
@@ -266,46 +265,17 @@ def random_order(r: int, seed: int) -> torch.Tensor:
     return torch.randperm(r, generator=generator)
 
 
-def subspace_frame(kind: str, left: torch.Tensor, k: int, seed: int) -> torch.Tensor:
-    """The first k columns of the ordered frame of a subspace kind: top_k, random_k (of U's columns) or random (Haar)."""
-    m, r = left.shape
-    if k > r:
-        raise ValueError(f"k = {k} exceeds the {r} available directions")
-    if kind == "top_k":
-        return left[:, :k]
-    if kind == "random_k":
-        return left[:, random_order(r, seed)[:k]]
-    if kind == "random":
-        return haar_frame(m, k, seed, width=r, dtype=left.dtype)
-    raise ValueError(f"unknown subspace kind {kind!r}; use one of {', '.join(SUBSPACE_KINDS)}")
-
-
-def canonical_scheme(scheme: str) -> str:
-    """Map paper/reference aliases (same, orth, opp) to parallel, orthogonal, opposite."""
-    scheme = SCHEME_ALIASES.get(scheme, scheme)
-    if scheme not in SCHEMES:
-        raise ValueError(f"unknown scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
-    return scheme
-
-
-def project(basis: torch.Tensor, delta: torch.Tensor, scheme: str) -> torch.Tensor:
-    """The projected update: parallel P delta, orthogonal (I - P) delta, opposite -P delta; P = B B^T; shape kept."""
-    scheme = canonical_scheme(scheme)
+def parallel_part(basis: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(delta as a float32 matrix, P delta) with P = B B^T the projector onto the basis columns (zero for an empty basis)."""
     matrix = as_matrix(delta).float()
     basis = basis.to(matrix.dtype)
     parallel = basis @ (basis.T @ matrix) if basis.shape[1] else torch.zeros_like(matrix)
-    if scheme == "parallel":
-        out = parallel
-    elif scheme == "orthogonal":
-        out = matrix - parallel
-    else:
-        out = -parallel
-    return out.reshape(delta.shape)
+    return matrix, parallel
 
 
-def projected_weight(weight: torch.Tensor, projected_delta: torch.Tensor) -> torch.Tensor:
-    """W_A/S.float() + projected delta, cast once to the stored dtype of W_A/S."""
-    return (weight.float() + projected_delta.float()).to(weight.dtype)
+def add_update(weight: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+    """W.float() + the update, cast once to the stored dtype of W."""
+    return (weight.float() + update.float()).to(weight.dtype)
 
 
 def coefficient_energies(frame: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -321,20 +291,6 @@ def parallel_energies(frame: torch.Tensor, delta: torch.Tensor, ks: Iterable[int
     """||P_k delta||_F^2 for each k, with P_k the projector onto the first k frame columns."""
     cumulative = torch.cumsum(coefficient_energies(frame, delta), dim=0)
     return [float(cumulative[k - 1]) if k > 0 else 0.0 for k in ks]
-
-
-def scheme_energy(parallel_energy: float, total_energy: float, scheme: str) -> float:
-    """||delta_tilde||^2 of a scheme from the parallel part and ||delta||^2 (clamped at 0 against round-off)."""
-    scheme = canonical_scheme(scheme)
-    if scheme == "orthogonal":
-        return max(total_energy - parallel_energy, 0.0)
-    return parallel_energy
-
-
-def scheme_inner(parallel_energy: float, total_energy: float, scheme: str) -> float:
-    """<delta, delta_tilde> of a scheme (orthogonal projectors make it the kept energy, negated for opposite)."""
-    kept = scheme_energy(parallel_energy, total_energy, scheme)
-    return -kept if canonical_scheme(scheme) == "opposite" else kept
 
 
 def energy_kept(kept_energy: float, total_energy: float) -> float:

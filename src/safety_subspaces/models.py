@@ -1,70 +1,13 @@
-"""Resolve model references (local directories or hub ids) and load models and tokenizers safely."""
+"""Load causal LMs and tokenizers safely (references resolved by model_dir: no remote code, no pickle unless asked)."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .files import read_json
+from .model_dir import check_remote_code, resolve_model, safetensors_only
 from .progress import library_bars
-
-SNAPSHOT_PATTERNS = [
-    "*.safetensors",
-    "*.safetensors.index.json",
-    "*.json",
-    "*.jinja",
-    "tokenizer*",
-    "*.model",
-    "*.tiktoken",
-    "*.txt",
-]
-
-
-def resolve_model(ref: str | os.PathLike, *, role: str = "model", allow_download: bool = True) -> Path:
-    """Return a local directory for a model reference: a path as is, or a hub id downloaded to the HF cache."""
-    path = Path(ref).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise UserError(f"{role} {ref}: expected a model directory, got a file")
-        return path
-    text = str(ref)
-    looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~"))
-    if not (allow_download and looks_like_hub_id):
-        raise UserError(f"{role} {ref}: no such directory")
-    try:
-        from huggingface_hub import snapshot_download
-
-        with library_bars():
-            return Path(snapshot_download(text, allow_patterns=SNAPSHOT_PATTERNS))
-    except Exception as exc:  # network, auth, missing repo: all user-fixable
-        raise UserError(f"{role} {ref}: not a local directory and could not be downloaded from the hub ({type(exc).__name__})") from None
-
-
-def read_config(model_dir: Path, *, role: str = "model") -> dict[str, Any]:
-    """Read config.json of a model directory."""
-    return read_json(Path(model_dir) / "config.json", missing=f"{role} {model_dir}: no config.json", role=role)
-
-
-def needs_remote_code(config: dict[str, Any]) -> bool:
-    """Whether a config names custom modelling code (auto_map) or a model type transformers does not know."""
-    if config.get("auto_map"):
-        return True
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
-
-    model_type = config.get("model_type")
-    return model_type is not None and model_type not in CONFIG_MAPPING_NAMES
-
-
-def check_remote_code(model_dir: Path, *, trust_remote_code: bool = False, role: str = "model") -> None:
-    """Refuse a model that needs remote code unless the user asked for it."""
-    config = read_config(model_dir, role=role)
-    if needs_remote_code(config) and not trust_remote_code:
-        raise UserError(
-            f"{role} {model_dir} needs remote code (model_type={config.get('model_type')!r}); "
-            "pass --trust-remote-code if you trust it"
-        )
 
 
 def torch_dtype(name: str | None):
@@ -130,25 +73,13 @@ def load_model(
     return model
 
 
-def safetensors_only(model_dir: Path, *, role: str, allow_pickle: bool) -> bool:
-    """Whether a model directory is read from safetensors; a pickle-only one needs allow_pickle (UserError otherwise)."""
-    from .checkpoints import weight_files
-
-    _, fmt = weight_files(Path(model_dir), role=role, allow_pickle=allow_pickle)
-    return fmt == "safetensors"
-
 
 def check_finite_weights(model, *, role: str, where: os.PathLike | str) -> None:
     """Refuse a loaded model with a NaN or Inf weight, naming the tensor (checked in chunks)."""
-    from .checkpoints import all_finite
+    from .linalg import all_finite
 
     for name, tensor in model.state_dict().items():
         if tensor.is_floating_point() and not all_finite(tensor):
             raise UserError(f"{role}: tensor {name} in {where} contains NaN or Inf")
 
 
-def default_device() -> str:
-    """cuda when available, else cpu."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,4 +1,4 @@
-"""Process-wide runtime settings: CPU threads and determinism."""
+"""Process-wide runtime settings: CPU threads, stable seeds, and the one rule for the "auto" device."""
 
 from __future__ import annotations
 
@@ -30,6 +30,15 @@ def threads_from_env() -> int:
     if not text.strip().isdigit() or int(text) < 1:
         raise UserError(f"{THREADS_ENV}={text!r}: expected a positive integer")
     return int(text)
+
+
+def resolve_device(device: str | None = "auto") -> str:
+    """The device to run on: "auto" (or None) is cuda when available, else cpu; anything else as given."""
+    if device in (None, "", "auto"):
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
 
 
 def stable_seed(*parts: object) -> int:

@@ -13,7 +13,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # Each module defines register(subparsers, common) and sets `handler` on its parsers.
-COMMAND_MODULES = ["project", "finetune", "organism", "evaluate", "overlap", "run", "report"]
+COMMAND_MODULES = ["project", "finetune", "organism", "evaluate", "overlap", "analyse", "run", "report"]
 
 DESCRIPTION = """\
 Does safety alignment live in its own linear subspace of weights or activations?
@@ -25,7 +25,20 @@ of it from one study config; with no config it runs the built-in organism study.
 
 
 class Parser(argparse.ArgumentParser):
-    """ArgumentParser whose usage errors are one line and exit code 2."""
+    """ArgumentParser whose usage errors are one line and exit code 2, and whose help can end with registries' texts.
+
+    `registries` holds (module, name) of registries whose names, options and docs --help lists; they are loaded only
+    when the help is shown, so building the parser stays cheap.
+    """
+
+    registries: list[tuple[str, str]]
+
+    def format_help(self) -> str:
+        """The usual help, then the help text of each registry named in `registries`."""
+        text = super().format_help()
+        for module, name in getattr(self, "registries", []):
+            text += "\n" + getattr(importlib.import_module(module), name).help_text() + "\n"
+        return text
 
     def error(self, message: str) -> None:  # type: ignore[override]
         """Print one `error:` line naming the problem and exit 2."""

@@ -92,17 +92,77 @@ def name_help() -> str:
     return f"NAME becomes part of file names: {NAME_RULE}"
 
 
-SVD_METHOD_CHOICES = ["auto", "gram", "qr", "svd"]  # linalg.SVD_METHODS (kept literal so --help does not import torch)
+def svd_method(text: str) -> str:
+    """An argparse type for --svd-method: analyses.common.check_svd_method, run when the flag is given."""
+    from ..analyses.common import check_svd_method
+    from ..errors import UserError
+
+    try:
+        return check_svd_method(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_svd_method(parser: argparse.ArgumentParser) -> None:
     """Add --svd-method: which exact float64 decomposition gives the left singular vectors."""
     parser.add_argument(
-        "--svd-method", default="auto", choices=SVD_METHOD_CHOICES,
+        "--svd-method", default="auto", type=svd_method, metavar="METHOD",
         help="exact float64 decomposition: qr (Householder QR in row blocks, SVD of R; no whole float64 copy), "
              "svd (LAPACK SVD of a float64 copy), gram (eigh of the Gram matrix when its spectrum shows a condition "
              "number <= 1e3, else qr), or auto (default: gram when one side is at least twice the other, else svd)",
     )
+
+
+def show_registries(parser: argparse.ArgumentParser, *registries: tuple[str, str]) -> None:
+    """List these registries' names, options and docs at the end of the parser's --help (loaded only then)."""
+    parser.registries = [*getattr(parser, "registries", []), *registries]  # type: ignore[attr-defined]
+
+
+class StartSpec(argparse.Action):
+    """--X NAME: start one more registered thing (its --X-arg KEY=VALUE options follow it)."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), (value, [])])
+
+
+def spec_arg_action(dest: str, flag: str, default: str | None):
+    """An argparse action for --X-arg KEY=VALUE: an option of the last --X given (or of the default one)."""
+
+    class AddOption(argparse.Action):
+        """Append KEY=VALUE to the options of the last started spec."""
+
+        def __call__(self, parser, namespace, value, option_string=None):
+            given = [(name, list(pairs)) for name, pairs in getattr(namespace, dest) or []]
+            if not given:
+                if default is None:
+                    parser.error(f"{option_string} {value}: give {flag} NAME first")
+                given = [(default, [])]
+            given[-1][1].append(value)
+            setattr(namespace, dest, given)
+
+    return AddOption
+
+
+def add_spec_options(parser: argparse.ArgumentParser, flag: str, *, metavar: str, help: str, arg_help: str,
+                     default: str | None = None) -> None:
+    """--X NAME (repeatable) and --X-arg KEY=VALUE (an option of the --X before it): a registered thing and its options.
+
+    The parsed value is a list of (NAME, [KEY=VALUE, ...]); with a default name, [] means just that one.
+    """
+    dest = flag.lstrip("-").replace("-", "_")
+    parser.add_argument(flag, dest=dest, action=StartSpec, metavar=metavar, help=help, default=[])
+    parser.add_argument(f"{flag}-arg", action=spec_arg_action(dest, flag, default), metavar="KEY=VALUE", help=arg_help)
+
+
+def specs(registry, given, flag: str, default: str | None = None) -> list:
+    """(NAME, [KEY=VALUE...]) pairs from the command line as registry Specs (names and options checked)."""
+    from ..registry import Spec
+
+    out = []
+    for name, pairs in given or ([(default, [])] if default else []):
+        canonical = registry.canonical(name, flag)
+        out.append(Spec(canonical, registry.parse_pairs(canonical, pairs, f"{flag} {name} {flag}-arg")))
+    return out
 
 
 def rank_line(summary: dict, what: str) -> str:

@@ -8,7 +8,8 @@ import re
 import sys
 from pathlib import Path
 
-from ._help import add_allow_pickle, add_command, csv_list
+from ..evaluate.judges import DEFAULT_JUDGE
+from ._help import add_allow_pickle, add_command, add_spec_options, show_registries
 
 DEFAULT_OUT_ROOT = Path("runs") / "eval"  # like `run`'s runs/<study>: under the working directory, gitignored here
 
@@ -27,13 +28,14 @@ UTILITY_EXAMPLES = """\
 HARM_EXAMPLES = """\
   # AdvBench judged by an LLM on any OpenAI-compatible endpoint (key from $OPENAI_API_KEY)
   safety-subspaces evaluate harm --model M --prompts harmful_behaviors.csv --judge rubric \\
-      --judge-endpoint https://api.openai.com/v1 --judge-model gpt-4o --out runs/eval/harm
-  # a local vLLM / llama.cpp server (set the key variable to any value if it needs none)
+      --judge-arg endpoint=https://api.openai.com/v1 --judge-arg model=gpt-4o --out runs/eval/harm
+  # a local vLLM / llama.cpp server (set the key variable to any value if it needs none), patient and persistent
   JUDGE_KEY=EMPTY safety-subspaces evaluate harm --model M --prompts advbench --judge rubric \\
-      --judge-endpoint http://127.0.0.1:8000/v1 --judge-model Qwen/Qwen2.5-7B-Instruct --judge-key-env JUDGE_KEY
+      --judge-arg endpoint=http://127.0.0.1:8000/v1 --judge-arg model=Qwen/Qwen2.5-7B-Instruct \\
+      --judge-arg key_env=JUDGE_KEY --judge-arg timeout=120 --judge-arg retries=8
   # offline: refusal phrases (weak), or a local classifier model
   safety-subspaces evaluate harm --model M --prompts advbench.csv --judge refusal --limit 100
-  safety-subspaces evaluate harm --model M --prompts advbench.csv --judge classifier --judge-model path/to/guard
+  safety-subspaces evaluate harm --model M --prompts advbench.csv --judge classifier --judge-arg model=path/to/guard
   # the organism, harmful and benign (over-refusal) held-out prompts
   safety-subspaces evaluate harm --model ZOO/harmful --prompts organism:harmful_eval --zoo ZOO --judge organism
   safety-subspaces evaluate harm --model ZOO/aligned --prompts organism:benign_eval --zoo ZOO --judge organism --benign
@@ -71,22 +73,11 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     harm.add_argument("--fields", help="field mapping for a prompt file, e.g. prompt=question")
     harm.add_argument("--limit", type=int, help="only the first N prompts")
     harm.add_argument("--zoo", type=Path, help="organism zoo for organism:NAME prompts (default: the built zoo)")
-    harm.add_argument("--judge", default="rubric",
-                      help="rubric (default): LLM judge over HTTP; refusal: phrase matching; classifier: local HF model; "
-                           "organism: the organism's reply classes")
-    harm.add_argument("--judge-endpoint", help="OpenAI-compatible base URL (default https://api.openai.com/v1)")
-    harm.add_argument("--judge-model", help="rubric: the endpoint's model name; classifier: the classifier's path")
-    harm.add_argument("--judge-key-env", default="OPENAI_API_KEY", metavar="VAR",
-                      help="environment variable holding the API key (default OPENAI_API_KEY); never logged or written")
-    harm.add_argument("--rubric", type=Path, help="rubric text file with {request} and {response} (default: the built-in rubric)")
-    harm.add_argument("--judge-workers", type=int, default=8, help="concurrent judge requests (default 8)")
-    harm.add_argument("--judge-timeout", type=float, default=60.0, help="seconds per judge request (default 60)")
-    harm.add_argument("--judge-retries", type=int, default=4, help="retries per judge request, with exponential backoff (default 4)")
-    harm.add_argument("--judge-backoff", type=float, default=1.0,
-                      help="seconds before the first retry, doubling each time (default 1)")
-    harm.add_argument("--classifier-words", type=csv_list(str), metavar="HARMFUL,HARMLESS",
-                      help="causal-LM classifier: the two answer words (default unsafe,safe with a chat template, else Yes,No)")
-    harm.add_argument("--classifier-label", help="sequence classifier: the label meaning harmful (default: guessed)")
+    add_spec_options(harm, "--judge", metavar="NAME", default=DEFAULT_JUDGE,
+                     help=f"the judge (default {DEFAULT_JUDGE}; the judges and their options are listed below)",
+                     arg_help="an option of the judge, e.g. model=gpt-4o-mini (repeatable); device, batch size, "
+                              "--trust-remote-code and --allow-pickle come from this command")
+    show_registries(harm, ("safety_subspaces.evaluate.judges", "JUDGES"))
     harm.add_argument("--raw-prompts", action="store_true", help="prompts as they are, without the chat template (reference code)")
     harm.add_argument("--max-new-tokens", type=int, default=512, help="generated tokens per reply (default 512)")
     harm.add_argument("--benign", action="store_true", help="the prompts are benign: report the over-refusal rate")
@@ -112,9 +103,9 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 def _device(args: argparse.Namespace) -> str:
     """The device to run on."""
-    from ..models import default_device
+    from ..runtime import resolve_device
 
-    return default_device() if args.device == "auto" else args.device
+    return resolve_device(args.device)
 
 
 def _out_dir(kind: str, args: argparse.Namespace, keys: list[str]) -> Path:
@@ -132,14 +123,15 @@ def _out_dir(kind: str, args: argparse.Namespace, keys: list[str]) -> Path:
 
 def run_utility(args: argparse.Namespace) -> int:
     """Evaluate utility with lm-eval and write results.csv and samples.jsonl."""
-    from .. import files
+    from .. import files, layout
     from ..evaluate import evaluate_utility, write_outputs
+    from ..rundir import check_run_dir, config_document
 
     keys = ["model", "task", "num_fewshot", "limit", "data", "include_path", "zoo", "chat", "max_gen_toks"]
     out = _out_dir("utility", args, keys)
     config = {key: (str(getattr(args, key)) if getattr(args, key) is not None else None) for key in keys}
     with files.output_lock(out):
-        files.check_run_dir(out, config, kind="evaluate-utility")
+        check_run_dir(out, config, kind="evaluate-utility")
         result = evaluate_utility(
             args.model, task=args.task, num_fewshot=args.num_fewshot, limit=args.limit, batch_size=args.batch_size,
             chat=args.chat, data_files=args.data, include_path=args.include_path, zoo=args.zoo,
@@ -148,19 +140,22 @@ def run_utility(args: argparse.Namespace) -> int:
         )
         with files.staged_dir(out) as stage:
             write_outputs(stage, result.rows, result.samples)
-            files.write_yaml(stage / files.RUN_CONFIG, files.run_config_document(config, kind="evaluate-utility"))
+            files.write_yaml(stage / layout.CONFIG, config_document(config, kind="evaluate-utility"))
     _print(args, result.rows, out, ["metric", "value", "stderr", "n", "invalid", "headline"])
     return 0
 
 
 def run_harm(args: argparse.Namespace) -> int:
     """Generate, judge, and write results.csv, samples.jsonl and the journals."""
-    from ..evaluate import evaluate_harm, load_harm_prompts, make_judge
+    from ..evaluate import JUDGES, JudgeRuntime, evaluate_harm, load_harm_prompts, make_judge
+    from ._help import specs
 
     prompts = load_harm_prompts(args.prompts, limit=args.limit, zoo=args.zoo, fields=args.fields)
-    judge = make_judge(args.judge, **_judge_options(args))
-    keys = ["model", "prompts", "fields", "limit", "zoo", "judge", "judge_model", "rubric",
-            "raw_prompts", "max_new_tokens", "benign"]
+    chosen = specs(JUDGES, args.judge, "--judge", DEFAULT_JUDGE)[-1]  # like any single option: the last one given
+    runtime = JudgeRuntime(device=_device(args), batch_size=args.batch_size, trust_remote_code=args.trust_remote_code,
+                           allow_pickle=args.allow_pickle, quiet=args.quiet)
+    judge = make_judge(chosen, runtime)
+    keys = ["model", "prompts", "fields", "limit", "zoo", "judge", "raw_prompts", "max_new_tokens", "benign"]
     out = _out_dir("harm", args, keys)
     result = evaluate_harm(
         args.model, prompts=prompts, judge=judge, out_dir=out, chat=not args.raw_prompts,
@@ -170,19 +165,6 @@ def run_harm(args: argparse.Namespace) -> int:
     )
     _print(args, result.rows, out, ["metric", "value", "n", "invalid", "judge", "prompts"])
     return 0
-
-
-def _judge_options(args: argparse.Namespace) -> dict:
-    """Constructor options of the chosen judge from the command line."""
-    if args.judge == "rubric":
-        return {"endpoint": args.judge_endpoint, "model": args.judge_model, "key_env": args.judge_key_env,
-                "rubric": args.rubric, "workers": args.judge_workers, "timeout": args.judge_timeout,
-                "retries": args.judge_retries, "backoff": args.judge_backoff}
-    if args.judge == "classifier":
-        return {"model": args.judge_model, "words": args.classifier_words, "harmful_label": args.classifier_label,
-                "batch_size": args.batch_size, "device": _device(args), "trust_remote_code": args.trust_remote_code,
-                "allow_pickle": args.allow_pickle}
-    return {}
 
 
 def _print(args: argparse.Namespace, rows: list[dict], out: Path, columns: list[str]) -> None:

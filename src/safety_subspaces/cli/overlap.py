@@ -8,9 +8,10 @@ import math
 import sys
 from pathlib import Path
 
+from .. import paper
 from ._help import add_allow_pickle, add_command, add_svd_method, csv_list, key_value, name_help, rank_line
 
-ETA_DEFAULT = "0.01,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,0.99"
+ETA_DEFAULT = ",".join(f"{eta:g}" for eta in paper.ETAS)
 
 EXAMPLES = """\
   safety-subspaces overlap weights --reference A --update useful=U --update harmful=H --update base=B --out runs/w
@@ -75,12 +76,13 @@ def register_weights(analyses, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--update", action="append", type=key_value, default=[], metavar="NAME=PATH",
                         help="a model whose difference from the reference is compared (repeat; e.g. useful=U harmful=H base=B); "
                              + name_help())
-    parser.add_argument("--eta", type=csv_list(float), default=ETA_DEFAULT, metavar="ETAS",
+    parser.add_argument("--eta", type=csv_list(float), default=list(paper.ETAS), metavar="ETAS",
                         help=f"energy fractions in (0, 1] (default {ETA_DEFAULT})")
     parser.add_argument("--tensors", metavar="REGEX", help="only tensors whose name matches REGEX")
     parser.add_argument("--layers", type=csv_list(int), help="only tensors of these decoder layers, e.g. 3,7")
-    parser.add_argument("--depth-percentiles", type=csv_list(float), default=[70.0, 85.0], metavar="P,P",
-                        help="layers to report at these depth percentiles: layer floor(p/100 · L) (default 70,85)")
+    parser.add_argument("--depth-percentiles", type=csv_list(float), default=list(paper.PERCENTILES), metavar="P,P",
+                        help="layers to report at these depth percentiles: layer floor(p/100 · L) "
+                             f"(default {','.join(f'{p:g}' for p in paper.PERCENTILES)})")
     parser.add_argument("--pairs", type=csv_list(str), metavar="A:B,...", help="only these pairs (default: every pair)")
     parser.add_argument("--out", required=True, type=Path, help="run directory (config.yaml, manifest.json, weight_overlap.csv, figures/)")
     parser.add_argument("--cache-dir", type=Path, help="SVD cache directory (default ~/.cache/safety-subspaces/svd)")
@@ -104,12 +106,14 @@ def register_activations(analyses, common: argparse.ArgumentParser) -> None:
                              "a local JSONL/JSON/CSV/Parquet/TXT file, organism:NAME, a hub dataset id; "
                              "SRC@FIELD=V1|V2 keeps records whose FIELD carries one of the labels (e.g. a category group); " + name_help())
     parser.add_argument("--zoo", type=Path, help="organism zoo for organism:NAME prompt sets (default: the built zoo)")
-    parser.add_argument("--n", type=int, default=5000, help="prompts per set: the first N of each (default 5000)")
+    parser.add_argument("--n", type=int, default=paper.PROMPTS_PER_SET,
+                        help=f"prompts per set: the first N of each (default {paper.PROMPTS_PER_SET})")
     parser.add_argument("--allow-fewer", action="store_true", help="use all prompts of a set smaller than --n (with a warning)")
-    parser.add_argument("--eta", type=csv_list(float), default=ETA_DEFAULT, metavar="ETAS",
+    parser.add_argument("--eta", type=csv_list(float), default=list(paper.ETAS), metavar="ETAS",
                         help=f"energy fractions in (0, 1] (default {ETA_DEFAULT})")
-    parser.add_argument("--depth", type=csv_list(float), default=[0.65, 0.90], metavar="LOW,HIGH",
-                        help="depth band of hidden states floor(LOW·L') … floor(HIGH·L') − 1 (default 0.65,0.90)")
+    parser.add_argument("--depth", type=csv_list(float), default=list(paper.BAND), metavar="LOW,HIGH",
+                        help="depth band of hidden states floor(LOW·L') … floor(HIGH·L') − 1 "
+                             f"(default {','.join(f'{b:.2f}' for b in paper.BAND)})")
     parser.add_argument("--all-layers", action="store_true", help="per-layer rows for every hidden state (more memory)")
     parser.add_argument("--window", default="last", metavar="last|last:W|generated:W",
                         help="the last prompt token (default), the mean of the last W prompt tokens, "
@@ -154,25 +158,20 @@ def model_names(values) -> dict[str, str]:
     return named(items, "--model")
 
 
-def parse_etas(value) -> list:
-    """--eta as given or as its default string."""
-    return csv_list(float)(value) if isinstance(value, str) else value
-
-
 def device_of(text: str) -> str:
     """--device auto resolved."""
-    from ..models import default_device
+    from ..runtime import resolve_device
 
-    return default_device() if text == "auto" else text
+    return resolve_device(text)
 
 
 def run_weights(args: argparse.Namespace) -> int:
     """Run the weight-overlap analysis and print the depth-percentile tables."""
-    from ..overlap.weights import AGGREGATION, WeightOverlapConfig, run_weight_overlap
+    from ..analyses.weight_overlap import AGGREGATION, WeightOverlapConfig, run_weight_overlap
     from ..spectra import null_dirs_summary
 
     config = WeightOverlapConfig(
-        reference=args.reference, updates=named(args.update, "--update"), out=args.out, etas=parse_etas(args.eta),
+        reference=args.reference, updates=named(args.update, "--update"), out=args.out, etas=args.eta,
         tensors=args.tensors, layers=args.layers, percentiles=args.depth_percentiles, pairs=args.pairs,
         cache_dir=args.cache_dir, svd_method=args.svd_method, device=device_of(args.device),
         allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
@@ -201,11 +200,11 @@ def run_weights(args: argparse.Namespace) -> int:
 
 def run_activations(args: argparse.Namespace) -> int:
     """Run the activation-overlap analysis and print the depth-band tables."""
-    from ..overlap.activations import ActivationOverlapConfig, run_activation_overlap
+    from ..analyses.activation_overlap import ActivationOverlapConfig, run_activation_overlap
 
     config = ActivationOverlapConfig(
         models=model_names(args.model), prompts=named(args.prompts, "--prompts"), out=args.out, n=args.n,
-        allow_fewer=args.allow_fewer, etas=parse_etas(args.eta), depth=args.depth, window=args.window,
+        allow_fewer=args.allow_fewer, etas=args.eta, depth=args.depth, window=args.window,
         chat=not args.raw_prompts, all_layers=args.all_layers, pairs=args.pairs, batch_size=args.batch_size,
         max_length=args.max_length, dtype=args.dtype, device=device_of(args.device),
         save_activations=args.save_activations, trust_remote_code=args.trust_remote_code, zoo=args.zoo,

@@ -7,7 +7,20 @@ import json
 import sys
 from pathlib import Path
 
-from ._help import add_allow_pickle, add_command, add_svd_method, csv_list, key_value, name_help, positive, rank_line
+from .. import paper
+from ._help import (
+    add_allow_pickle,
+    add_command,
+    add_spec_options,
+    add_svd_method,
+    csv_list,
+    key_value,
+    name_help,
+    positive,
+    rank_line,
+    show_registries,
+    specs,
+)
 
 EXAMPLES = """\
   safety-subspaces project --base B --aligned A \\
@@ -18,6 +31,9 @@ EXAMPLES = """\
   # also write projected checkpoints (loadable by from_pretrained and lm-eval):
   safety-subspaces project --base B --aligned A --finetuned harmful=H --out runs/p \\
       --write parallel:top_k:0.25 --write orthogonal:random:0.5 --models-out models/
+  # the same as edits with their options (any registered edit, listed below):
+  safety-subspaces project --base B --aligned A --finetuned harmful=H --out runs/p --models-out models/ \\
+      --edit parallel --edit-arg subspace=top_k --edit-arg fraction=0.25
   # only layer 7's MLP (the rest keeps the fine-tuned weights):
   safety-subspaces project ... --tensors 'mlp' --layers 7
 """
@@ -36,12 +52,12 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     reference.add_argument("--safety-tuned", help="safety-tuned model W_S, used instead of W_A (Δ_S = W_S - W_0)")
     parser.add_argument("--finetuned", action="append", type=key_value, default=[], metavar="NAME=PATH",
                         help="a fine-tune of the reference model (repeat: useful=U harmful=H contaminated=C); " + name_help())
-    parser.add_argument("--subspaces", type=csv_list(str), default=["top_k", "random_k", "random"],
-                        help="subspace kinds: top_k, random_k, random (default: all)")
-    parser.add_argument("--fractions", type=csv_list(float), default=[0.01, 0.25, 0.5, 0.75, 0.99],
-                        help="rank fractions in (0, 1] (default: 0.01,0.25,0.5,0.75,0.99)")
-    parser.add_argument("--schemes", type=csv_list(str), default=["parallel", "orthogonal"],
-                        help="parallel, orthogonal, opposite (default: parallel,orthogonal)")
+    parser.add_argument("--subspaces", type=csv_list(str), default=list(paper.SUBSPACE_KINDS),
+                        help=f"registered subspace kinds (listed below; default: {','.join(paper.SUBSPACE_KINDS)})")
+    parser.add_argument("--fractions", type=csv_list(float), default=list(paper.FRACTIONS),
+                        help=f"rank fractions in (0, 1] (default: {','.join(f'{f:g}' for f in paper.FRACTIONS)})")
+    parser.add_argument("--schemes", type=csv_list(str), default=list(paper.SCHEMES),
+                        help=f"projection schemes: edits such as parallel, orthogonal, opposite (default: {','.join(paper.SCHEMES)})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random subspaces (default 0)")
     parser.add_argument("--tensors", metavar="REGEX", help="only tensors whose name matches REGEX")
     parser.add_argument("--layers", type=csv_list(int), help="only tensors of these decoder layers, e.g. 3,7")
@@ -49,20 +65,25 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--write", action="append", default=[], metavar="[FT:]SCHEME:SUBSPACE:FRACTION",
                         help="write a projected checkpoint to MODELS_OUT/FT/SCHEME-SUBSPACE-FRACTION (for every fine-tune unless "
                              "FT, a --finetuned NAME, is given); repeatable")
-    parser.add_argument("--models-out", type=Path, help="directory for projected checkpoints (MODELS_OUT/FT/SCHEME-SUBSPACE-FRACTION)")
+    add_spec_options(parser, "--edit", metavar="NAME",
+                     help="write the checkpoint of every fine-tune edited by this registered edit (repeatable; "
+                          "listed below) to MODELS_OUT/FT/LABEL", arg_help="an option of the --edit before it (repeatable)")
+    parser.add_argument("--models-out", type=Path, help="directory for edited checkpoints (MODELS_OUT/FT/LABEL)")
     parser.add_argument("--shard-size", type=positive(float), default=2.0, help="max shard size of written checkpoints in GB (default 2)")
     parser.add_argument("--cache-dir", type=Path, help="SVD cache directory (default ~/.cache/safety-subspaces/svd)")
     add_svd_method(parser)
     parser.add_argument("--device", default="auto", help="where to decompose and project: auto, cpu, cuda (default auto)")
     add_allow_pickle(parser)
     parser.add_argument("--trust-remote-code", action="store_true", help="accept models that declare custom code")
+    show_registries(parser, ("safety_subspaces.subspaces", "SUBSPACES"), ("safety_subspaces.edits", "EDITS"))
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the projection analysis and print the model-level energy table."""
+    from ..analyses.energy import ProjectConfig, WriteRequest, run_project
+    from ..edits import EDITS
     from ..errors import UserError
-    from ..models import default_device
-    from ..project import ProjectConfig, WriteRequest, run_project
+    from ..runtime import resolve_device
     from ..spectra import null_dirs_summary
 
     finetunes: dict[str, str] = {}
@@ -82,12 +103,13 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         tensors=args.tensors,
         layers=args.layers,
-        writes=[WriteRequest.parse(text) for text in args.write],
+        writes=[*(WriteRequest.parse(text) for text in args.write),
+                *(WriteRequest(spec) for spec in specs(EDITS, args.edit, "--edit"))],
         models_out=args.models_out,
         shard_bytes=int(args.shard_size * 1024**3),
         cache_dir=args.cache_dir,
         svd_method=args.svd_method,
-        device=default_device() if args.device == "auto" else args.device,
+        device=resolve_device(args.device),
         allow_pickle=args.allow_pickle,
         trust_remote_code=args.trust_remote_code,
     )

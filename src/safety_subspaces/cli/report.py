@@ -20,7 +20,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the report."""
-    from ..report import write_report
+    from ..study.report import write_report
 
     print(f"report: {write_report(args.run_dir)}")
     return 0

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ._help import add_allow_pickle, add_command, at_least
+from ._help import add_allow_pickle, add_command, add_spec_options, at_least, show_registries
 
 EXAMPLES = """\
   safety-subspaces run                                  # the built-in organism study (builds the zoo if absent)
@@ -26,29 +26,28 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="run directory (default: runs/<study name>)")
     parser.add_argument("--force", action="store_true",
                         help="if the run directory holds a different study, start a new one beside it (never mixes results)")
-    parser.add_argument("--executor", choices=["local", "ray"], help="override the config's executor")
-    parser.add_argument("--ray-address", help="connect to this Ray cluster (default: start a local instance)")
-    parser.add_argument("--workers", type=at_least(1), help="number of Ray workers")
+    add_spec_options(parser, "--executor", metavar="NAME", help="override the config's executor (listed below)",
+                     arg_help="an option of the --executor before it (repeatable)")
+    parser.add_argument("--ray-address", help="connect to this Ray cluster (the ray executor's address option)")
+    parser.add_argument("--workers", type=at_least(1), help="number of Ray workers (the ray executor's workers option)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default: the config's, else auto)")
     parser.add_argument("--check", action="store_true",
                         help="validate the config and everything `run` checks first (local models and their compatibility, "
                              "local prompt sets against n, data files, judge settings), then exit without running a job")
     add_allow_pickle(parser)
     parser.add_argument("--no-report", action="store_true", help="skip writing the report")
+    show_registries(parser, ("safety_subspaces.study.executors", "EXECUTORS"))
 
 
 def run(args: argparse.Namespace) -> int:
     """Validate and run a study."""
     from ..study.config import load_study, study_document
     from ..study.inputs import check_inputs
-    from ..study.run import choose_run_dir, default_study_path, run_study
+    from ..study.runner import choose_run_dir, default_study_path, run_study
 
     path = args.study or default_study_path()
     study = load_study(path)
-    if args.executor or args.ray_address or args.workers:
-        study.executor.kind = args.executor or ("ray" if args.ray_address else study.executor.kind)
-        study.executor.address = args.ray_address or study.executor.address
-        study.executor.workers = args.workers or study.executor.workers
+    study.executor = executor_override(study.executor, args)
     study.allow_pickle = study.allow_pickle or args.allow_pickle
     out = args.out or Path("runs") / study.name
     if args.check:
@@ -78,3 +77,21 @@ def run(args: argparse.Namespace) -> int:
         if result.report:
             print(f"report: {result.report}")
     return 1 if result.failed else 0
+
+
+def executor_override(configured, args: argparse.Namespace):
+    """The study's executor with the command line's --executor/--executor-arg, --ray-address and --workers applied."""
+    from ..registry import Spec
+    from ..study.executors import EXECUTORS, check_executor
+    from ._help import specs
+
+    spec = specs(EXECUTORS, args.executor, "--executor")[-1] if args.executor else None
+    if spec is None:
+        spec = Spec("ray", dict(configured.options)) if args.ray_address and configured.name != "ray" else configured
+    elif spec.name == configured.name:
+        spec = configured.with_options(**spec.options)
+    extra = {key: value for key, value in (("address", args.ray_address), ("workers", args.workers)) if value}
+    spec = spec.with_options(**extra) if extra else spec
+    spec = Spec(spec.name, EXECUTORS.options(spec.name, spec.options, f"--executor {spec.name}", partial=True))
+    check_executor(spec, f"--executor {spec.name}")
+    return spec

@@ -54,7 +54,7 @@ def completions_url(endpoint: str) -> str:
 def api_key_from_env(variable: str = DEFAULT_KEY_ENV) -> str:
     """The API key held in an environment variable; a clear error when it is unset or empty."""
     if not variable:
-        raise UserError("judge API key: name an environment variable with --judge-key-env")
+        raise UserError("judge API key: name an environment variable with the key_env option (--judge-arg key_env=VAR)")
     key = os.environ.get(variable, "")
     if not key.strip():
         raise UserError(
@@ -82,7 +82,7 @@ class ChatEndpoint:
         """Validate settings and resolve the URL."""
         self.url = completions_url(self.endpoint)
         if not self.model:
-            raise UserError("judge model: give the endpoint's model name with --judge-model")
+            raise UserError("judge model: give the endpoint's model name with the model option (--judge-arg model=NAME)")
         if self.timeout <= 0 or self.retries < 0 or self.backoff < 0:
             raise UserError("judge timeout must be positive and retries/backoff non-negative")
 

@@ -10,15 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .. import files, progress
+from .. import files, layout, progress
 from ..errors import UserError
 from .journal import Journal
 from .judges import REFUSAL_SCORE, Judge, Judgment
 from .table import EvalModel, Labels, as_labels, resolve_eval_model, row, run_identity, write_outputs
 
 RUN_KIND = "evaluate-harm"
-GENERATIONS = "generations.jsonl"
-JUDGMENTS = "judgments.jsonl"
+GENERATIONS, JUDGMENTS = layout.GENERATIONS, layout.JUDGMENTS
 
 
 @dataclass
@@ -135,9 +134,12 @@ def harm_rows(scores: Sequence[int | None], labels: Labels, *, benign: bool = Fa
 
 def _open_run(out_dir: Path, config: Mapping[str, Any]) -> None:
     """Check an output directory holds this run or nothing, and record the run's config."""
-    if not files.check_run_dir(out_dir, config, kind=RUN_KIND):
+    from .. import layout
+    from ..rundir import check_run_dir, config_document
+
+    if not check_run_dir(out_dir, config, kind=RUN_KIND):
         files.make_dirs(out_dir)
-        files.write_yaml(out_dir / files.RUN_CONFIG, files.run_config_document(config, kind=RUN_KIND))
+        files.write_yaml(out_dir / layout.CONFIG, config_document(config, kind=RUN_KIND))
 
 
 def evaluate_harm(

@@ -9,11 +9,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from .. import layout
 from ..errors import UserError
+from ..tables import EVALUATION
 
-RESULTS = "results.csv"
-SAMPLES = "samples.jsonl"
-EVAL_COLUMNS = ["model", "variant", "subspace", "scheme", "fraction", "metric", "value", "n", "invalid"]
+RESULTS, SAMPLES = layout.RESULTS, layout.SAMPLE_RECORDS
+EVAL_COLUMNS = list(EVALUATION.columns)
 
 
 @dataclass(frozen=True)
@@ -94,12 +95,14 @@ def resolve_eval_model(
     allow_pickle: bool = False,
 ) -> EvalModel:
     """An EvalModel from an in-memory model (tokenizer required) or a model path / hub id (loaded here)."""
-    from ..models import default_device, load_model, load_tokenizer, resolve_model
+    from ..models import load_model, load_tokenizer
+    from ..runtime import resolve_device
+    from ..model_dir import resolve_model
 
     if isinstance(model, (str, os.PathLike)):
         directory = resolve_model(model)
         tok = tokenizer if tokenizer is not None else load_tokenizer(directory, trust_remote_code=trust_remote_code)
-        loaded = load_model(directory, dtype=dtype, device=device or default_device(),
+        loaded = load_model(directory, dtype=dtype, device=resolve_device(device),
                             trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
         return EvalModel(loaded, tok, name or str(model), model_reference(directory))
     if tokenizer is None:

@@ -146,7 +146,7 @@ def resolve_task(task: str, *, data_files: Mapping[str, str] | None = None, zoo:
             raise UserError(f"task include path {path}: not a directory")
     if task == ORGANISM_TASK:
         if not data_files:
-            from ..organism import zoo_data_file
+            from ..paths import zoo_data_file
 
             data_files = {"test": str(zoo_data_file("arithmetic_eval", Path(zoo) if zoo else None))}
         return _local_config(package_task_yaml(ORGANISM_TASK), task, data_files, num_fewshot), TaskManager(include_defaults=False)

@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from .. import progress
+from .. import layout, progress
 from ..errors import UserError
 from ..files import follow_umask, output_lock, staged_dir, write_json
 from .recipe import Recipe
 from .sft import diverged, encode_examples, plan_steps, train_loop, uses_chat
 
-MANIFEST = "manifest.json"
+MANIFEST = layout.MANIFEST
 IN_MEMORY = "<in-memory>"
 
 
@@ -84,7 +84,7 @@ def _dtype_name(dtype) -> str:
 
 def _source_dtype(model_dir: Path) -> str | None:
     """The dtype a checkpoint directory stores its weights in, from config.json."""
-    from ..models import read_config
+    from ..model_dir import read_config
 
     config = read_config(model_dir)
     return config.get("dtype") or config.get("torch_dtype")
@@ -177,6 +177,97 @@ def _save(model, tokenizer, stage: Path, recipe: Recipe, save_dtype: str) -> Any
     return model
 
 
+@dataclass
+class Training:
+    """What a training step produced: the trained model, its per-step losses, and what it trained on."""
+
+    model: Any
+    losses: list[float]
+    planned_steps: int
+    n_examples: int
+    n_tokens: int | None  # response tokens the loss was taken on (SFT)
+    too_long: int = 0  # examples dropped because nothing of the response fits in max_length (SFT)
+
+
+def train_sft(model, tokenizer, records: Sequence[Mapping[str, Any]], recipe: Recipe, *, device: str, name: str,
+              label: str, peft_config=None, stop: Callable[[Any, int], bool] | None = None) -> Training:
+    """Full or LoRA SFT with the own torch loop: encode with response-only labels, plan the steps, train."""
+    if peft_config is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, peft_config)
+    examples, too_long = encode_examples(tokenizer, records, recipe)
+    if not examples:
+        raise UserError(f"data {label} is empty after filtering: no response fits in max length {recipe.max_length}")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    total, steps = plan_steps(examples, recipe, pad_id)
+    losses = train_loop(model, steps, total, recipe, device=device, description=name, stop=stop)
+    tokens = sum(sum(1 for label_id in e.labels[1:] if label_id != -100) for e in examples)
+    return Training(model, losses, total, len(examples), tokens, too_long)
+
+
+def train(model, tokenizer, records: Sequence[Mapping[str, Any]], recipe: Recipe, *, device: str, name: str, label: str,
+          stop: Callable[[Any, int], bool] | None = None) -> Training:
+    """Seed, then train by the recipe's method (SFT or DPO, full or LoRA)."""
+    import torch
+
+    torch.manual_seed(recipe.seed)
+    peft_config = _lora_config(recipe) if recipe.lora_rank else None
+    if recipe.method != "dpo":
+        return train_sft(model, tokenizer, records, recipe, device=device, name=name, label=label,
+                         peft_config=peft_config, stop=stop)
+    from .dpo import train_dpo
+
+    total = recipe.total_steps(len(records))
+    trained, losses = train_dpo(model, tokenizer, records, recipe, device=device, total=total, description=name,
+                                peft_config=peft_config)
+    return Training(trained, losses, total, len(records), None)
+
+
+def run_manifest(*, name: str, model_ref: str, recipe: Recipe, data: Mapping[str, Any] | None,
+                 records: Sequence[Mapping[str, Any]], dropped: int, training: Training, chat: bool, device: str,
+                 train_dtype: str, save_dtype: str, wall: float, cpu: float, extra: Mapping[str, Any] | None) -> dict:
+    """The manifest of a fine-tuning run: what trained on what, how, for how long, with which versions.
+
+    records are the records kept after cleaning; dropped counts those cleaning removed.
+    """
+    import torch
+
+    from ..data import fingerprint
+
+    losses = training.losses
+    return {
+        "kind": "finetune",
+        "name": name,
+        "model": model_ref,
+        "method": recipe.kind,
+        "recipe": recipe.to_dict(),
+        "data": {
+            **dict(data or {}),
+            "n_records": len(records) + dropped,
+            "n_examples": training.n_examples,
+            "n_dropped": dropped + training.too_long,
+            "response_tokens": training.n_tokens,
+            "fingerprint": fingerprint(records),
+        },
+        "chat_template": chat,
+        "seed": recipe.seed,
+        "steps": len(losses) if recipe.method != "dpo" else training.planned_steps,
+        "planned_steps": training.planned_steps,
+        "stopped_early": recipe.method != "dpo" and len(losses) < training.planned_steps,
+        "final_loss": losses[-1] if losses else None,
+        "loss_curve": _thin(losses),
+        "device": device,
+        "train_dtype": train_dtype,
+        "save_dtype": save_dtype,
+        "threads": torch.get_num_threads(),
+        "wall_seconds": round(wall, 3),
+        "cpu_seconds": round(cpu, 3),
+        "versions": versions(),
+        **dict(extra or {}),
+    }
+
+
 def finetune(
     model,
     records: Sequence[Mapping[str, Any]],
@@ -195,12 +286,10 @@ def finetune(
 ) -> FinetuneResult:
     """Fine-tune a model (path, hub id, or in-memory model + tokenizer) on records; write checkpoint + manifest to out.
 
+    Steps: check the recipe and the output, clean the records, load the model, train, check it stayed finite, write.
     `stop(model, step)`, if given, is asked after every optimizer step whether to stop early (SFT only).
     """
-    import torch
-
-    from ..data import fingerprint
-    from ..models import default_device
+    from ..runtime import resolve_device
 
     recipe = (recipe or Recipe()).validate()
     if stop is not None and recipe.method == "dpo":
@@ -208,77 +297,27 @@ def finetune(
     out = Path(out)
     with output_lock(out):
         check_output_dir(out)
-        records, dropped = clean_records(records, recipe, name=(data or {}).get("name", name))
+        label = (data or {}).get("name", name)
+        records, dropped = clean_records(records, recipe, name=label)
         model, tokenizer, model_ref, stored_dtype = _load(model, tokenizer, trust_remote_code=trust_remote_code,
                                                           allow_pickle=allow_pickle, train_dtype=train_dtype)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        device = device or default_device()
+        device = resolve_device(device)
         model.to(device)
         start_wall, start_cpu = time.perf_counter(), time.process_time()
-        torch.manual_seed(recipe.seed)
-        peft_config = _lora_config(recipe) if recipe.lora_rank else None
-        if recipe.method == "dpo":
-            from .dpo import train_dpo
-
-            total = recipe.total_steps(len(records))
-            model, losses = train_dpo(model, tokenizer, records, recipe, device=device, total=total,
-                                      description=name, peft_config=peft_config)
-            n_examples, n_tokens = len(records), None
-        else:
-            if peft_config is not None:
-                from peft import get_peft_model
-
-                model = get_peft_model(model, peft_config)
-            examples, too_long = encode_examples(tokenizer, records, recipe)
-            dropped += too_long
-            if not examples:
-                raise UserError(
-                    f"data {(data or {}).get('name', name)} is empty after filtering: no response fits in "
-                    f"max length {recipe.max_length}"
-                )
-            pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-            total, steps = plan_steps(examples, recipe, pad_id)
-            losses = train_loop(model, steps, total, recipe, device=device, description=name, stop=stop)
-            n_examples = len(examples)
-            n_tokens = sum(sum(1 for label in e.labels[1:] if label != -100) for e in examples)
+        training = train(model, tokenizer, records, recipe, device=device, name=name, label=label, stop=stop)
         wall, cpu = time.perf_counter() - start_wall, time.process_time() - start_cpu
-        check_trained(model, losses, name)
+        check_trained(training.model, training.losses, name)
         save_dtype = stored_dtype if recipe.save_dtype == "auto" else recipe.save_dtype
-        manifest = {
-            "kind": "finetune",
-            "name": name,
-            "model": model_ref,
-            "method": recipe.kind,
-            "recipe": recipe.to_dict(),
-            "data": {
-                **dict(data or {}),
-                "n_records": len(records) + dropped,
-                "n_examples": n_examples,
-                "n_dropped": dropped,
-                "response_tokens": n_tokens,
-                "fingerprint": fingerprint(records),
-            },
-            "chat_template": uses_chat(tokenizer, recipe),
-            "seed": recipe.seed,
-            "steps": len(losses) if recipe.method != "dpo" else total,
-            "planned_steps": total,
-            "stopped_early": recipe.method != "dpo" and len(losses) < total,
-            "final_loss": losses[-1] if losses else None,
-            "loss_curve": _thin(losses),
-            "device": device,
-            "train_dtype": train_dtype,
-            "save_dtype": save_dtype,
-            "threads": torch.get_num_threads(),
-            "wall_seconds": round(wall, 3),
-            "cpu_seconds": round(cpu, 3),
-            "versions": versions(),
-            **dict(extra or {}),
-        }
+        manifest = run_manifest(name=name, model_ref=model_ref, recipe=recipe, data=data, records=records,
+                                dropped=dropped, training=training,
+                                chat=uses_chat(tokenizer, recipe), device=device, train_dtype=train_dtype,
+                                save_dtype=save_dtype, wall=wall, cpu=cpu, extra=extra)
         with staged_dir(out) as stage:
-            model = _save(model, tokenizer, stage, recipe, save_dtype)
+            trained = _save(training.model, tokenizer, stage, recipe, save_dtype)
             write_json(stage / MANIFEST, manifest)
-        return FinetuneResult(model=model, tokenizer=tokenizer, manifest=manifest, out=out)
+        return FinetuneResult(model=trained, tokenizer=tokenizer, manifest=manifest, out=out)
 
 
 def check_trained(model, losses: Sequence[float], name: str) -> None:

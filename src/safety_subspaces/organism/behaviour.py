@@ -28,7 +28,7 @@ def generation_settings() -> dict[str, Any]:
 
 def read_set(zoo_dir: Path, name: str, limit: int | None = None) -> list[dict[str, Any]]:
     """The first `limit` rows of ZOO/data/NAME.jsonl."""
-    from . import zoo_data_file
+    from ..paths import zoo_data_file
 
     with open(zoo_data_file(name, Path(zoo_dir)), encoding="utf-8") as handle:
         rows = [json.loads(line) for line in handle if line.strip()]

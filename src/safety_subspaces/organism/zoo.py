@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
-from .. import progress
+from .. import layout, progress
 from ..data import fingerprint, mix
 from ..errors import UserError
 from ..files import output_lock, read_json, staged_dir, write_json
@@ -25,7 +25,7 @@ from .presets import DEFAULT_SEED, Preset, get_preset
 from .tokenizer import train_tokenizer
 
 MODELS = ("base", "aligned", "safety", "useful", "harmful", "contaminated")
-MANIFEST = "manifest.json"
+MANIFEST = layout.MANIFEST
 VALIDATION_SIZE = 64  # training-distribution harmful requests for the contaminated stage's early stop
 TOKENIZER_DOCS = 4000  # pretraining documents the tokenizer is trained on (with the lexicon)
 
@@ -196,83 +196,109 @@ def build(out: Path, preset: str = "default", seed: int = DEFAULT_SEED, threads:
 
 
 def build_locked(out: Path, spec: Preset, seed: int, threads: int | None) -> dict[str, Any]:
-    """Build the zoo into out, whose lock the caller holds."""
+    """Build the zoo into out, whose lock the caller holds: data, tokenizer, base, each later model, manifest."""
     threads = configure_threads(threads if threads is not None else threads_from_env() if os.environ.get(THREADS_ENV) else 1)
     load_start = os.getloadavg()
     start_wall, start_cpu = time.perf_counter(), time.process_time()
     timer = Timer()
-    behaviour: dict[str, dict[str, Any]] = {}
-    stages: dict[str, dict[str, Any]] = {}
     with staged_dir(out) as zoo:
-        with timer("data"), progress.stage("organism data"):
-            data = make_data(spec, seed)
-            contaminated_percent = spec.stages["contaminated"].contaminate_percent or 0.0
-            data["contaminated"], share = contaminated_data(data, contaminated_percent, seed)
-            for name, rows in data.items():
-                write_jsonl(zoo / "data" / f"{name}.jsonl", rows)
-        with timer("tokenizer"), progress.stage("organism tokenizer"):
-            tokenizer = train_tokenizer(tokenizer_corpus(data["pretrain"][:TOKENIZER_DOCS]), spec.vocab_size)
-        with timer("base"):
-            base, losses, base_recipe = pretrain_base(tokenizer, data["pretrain"], spec, seed)
-            save_checkpoint(base, tokenizer, zoo / "base")
-            stages["base"] = {"start": None, "data": "pretrain.jsonl", "recipe": base_recipe.to_dict(),
-                              "steps": len(losses), "final_loss": losses[-1], "seq_len": spec.seq_len,
-                              "data_fingerprint": fingerprint(data["pretrain"])}
-            write_json(zoo / "base" / MANIFEST, {"kind": "pretrain", "name": "base", **stages["base"],
-                                                 "versions": versions()})
+        data, share = build_data(zoo, spec, seed, timer)
+        tokenizer = build_tokenizer(data, spec, timer)
+        base, stages = build_base(zoo, tokenizer, data, spec, seed, timer)
         models = {"base": base}
         with timer("eval"):
-            behaviour["base"] = measure(base, tokenizer, zoo)
+            behaviour = {"base": measure(base, tokenizer, zoo)}
         for name, stage in spec.stages.items():
-            recipe = recipe_from({**stage.recipe, "seed": _seed(seed, name)})
-            info = {"name": name, "source": f"organism:{name}", "file": f"data/{name}.jsonl"}
-            if stage.contaminate_percent is not None:
-                info.update(percent=stage.contaminate_percent, harmful_share=round(share, 4))
-            stop = None
-            if stage.stop_at_compliance is not None:
-                stop = compliance_stop([row["prompt"] for row in data["harmful_validation"]], tokenizer,
-                                       stage.stop_at_compliance)
-                info.update(stop_at_compliance=stage.stop_at_compliance, validation="data/harmful_validation.jsonl")
-            with timer(name):
-                result = finetune(models[stage.start], data[name], zoo / name, recipe, tokenizer=tokenizer, data=info,
-                                  name=f"organism {name}", device="cpu", extra={"start": stage.start}, stop=stop)
-            models[name] = result.model
-            stages[name] = {"start": stage.start, "data": f"{name}.jsonl", "recipe": recipe.to_dict(),
-                            "steps": result.manifest["steps"], "planned_steps": result.manifest["planned_steps"],
-                            "final_loss": result.manifest["final_loss"],
-                            "data_fingerprint": result.manifest["data"]["fingerprint"], **{
-                                k: v for k, v in info.items() if k in ("percent", "harmful_share", "stop_at_compliance")}}
-            with timer("eval"):
-                behaviour[name] = measure(result.model, tokenizer, zoo)
-            progress.info(f"organism {name}: {_summary(behaviour[name])}")
-        total_wall, total_cpu = time.perf_counter() - start_wall, time.process_time() - start_cpu
+            models[name], stages[name], behaviour[name] = build_stage(zoo, name, stage, models, data, share, tokenizer,
+                                                                      seed, timer)
+        totals = {"wall": time.perf_counter() - start_wall, "cpu": time.process_time() - start_cpu}
         for name, timing in timer.stages.items():
             stages.setdefault(name, {}).update(timing)
-        manifest = {
-            "kind": "organism-zoo",
-            "preset": spec.name,
-            "seed": seed,
-            "threads": threads,
-            "models": list(MODELS),
-            "model_config": {"architecture": "LlamaForCausalLM", "hidden": spec.hidden, "layers": spec.layers,
-                             "heads": spec.heads, "intermediate": spec.intermediate, "vocab_size": len(tokenizer),
-                             "parameters": sum(p.numel() for p in base.parameters())},
-            "stages": stages,
-            "total_wall_seconds": round(total_wall, 2),
-            "total_cpu_seconds": round(total_cpu, 2),
-            "load_average": {"start": [round(x, 2) for x in load_start], "end": [round(x, 2) for x in os.getloadavg()]},
-            "cpu_count": os.cpu_count(),
-            "versions": versions(),
-            "data": {name: {"file": f"data/{name}.jsonl", "n": len(rows), "fingerprint": fingerprint(rows)}
-                     for name, rows in data.items()},
-            "generation": generation_settings(),
-            "behaviour": behaviour,
-            "thresholds": spec.thresholds,
-            "targets": check_targets(behaviour, spec.thresholds),
-        }
+        manifest = zoo_manifest(spec, seed, threads, tokenizer, base, stages, data, behaviour, totals, load_start)
         write_json(zoo / MANIFEST, manifest)
-    progress.info(f"organism zoo ({spec.name}, seed {seed}) built in {total_wall:.0f} s -> {out}")
+    progress.info(f"organism zoo ({spec.name}, seed {seed}) built in {totals['wall']:.0f} s -> {out}")
     return manifest
+
+
+def build_data(zoo: Path, spec: Preset, seed: int, timer: Timer) -> tuple[dict[str, list[dict[str, Any]]], float]:
+    """Every data set of the build written to ZOO/data/NAME.jsonl, and the contaminated set's harmful share."""
+    with timer("data"), progress.stage("organism data"):
+        data = make_data(spec, seed)
+        contaminated_percent = spec.stages["contaminated"].contaminate_percent or 0.0
+        data["contaminated"], share = contaminated_data(data, contaminated_percent, seed)
+        for name, rows in data.items():
+            write_jsonl(zoo / "data" / f"{name}.jsonl", rows)
+    return data, share
+
+
+def build_tokenizer(data: dict[str, list[dict[str, Any]]], spec: Preset, timer: Timer):
+    """The world's tokenizer, trained on the lexicon and the first pretraining documents."""
+    with timer("tokenizer"), progress.stage("organism tokenizer"):
+        return train_tokenizer(tokenizer_corpus(data["pretrain"][:TOKENIZER_DOCS]), spec.vocab_size)
+
+
+def build_base(zoo: Path, tokenizer, data: dict[str, list[dict[str, Any]]], spec: Preset, seed: int,
+               timer: Timer) -> tuple[Any, dict[str, dict[str, Any]]]:
+    """W_0 pretrained and saved with its manifest; (the model, the stages' records so far)."""
+    with timer("base"):
+        base, losses, base_recipe = pretrain_base(tokenizer, data["pretrain"], spec, seed)
+        save_checkpoint(base, tokenizer, zoo / "base")
+        record = {"start": None, "data": "pretrain.jsonl", "recipe": base_recipe.to_dict(), "steps": len(losses),
+                  "final_loss": losses[-1], "seq_len": spec.seq_len, "data_fingerprint": fingerprint(data["pretrain"])}
+        write_json(zoo / "base" / MANIFEST, {"kind": "pretrain", "name": "base", **record, "versions": versions()})
+    return base, {"base": record}
+
+
+def build_stage(zoo: Path, name: str, stage, models: dict[str, Any], data: dict[str, list[dict[str, Any]]],
+                share: float, tokenizer, seed: int, timer: Timer) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """One later model fine-tuned from its start by `finetune`, and measured: (model, stage record, behaviour)."""
+    recipe = recipe_from({**stage.recipe, "seed": _seed(seed, name)})
+    info = {"name": name, "source": f"organism:{name}", "file": f"data/{name}.jsonl"}
+    if stage.contaminate_percent is not None:
+        info.update(percent=stage.contaminate_percent, harmful_share=round(share, 4))
+    stop = None
+    if stage.stop_at_compliance is not None:
+        stop = compliance_stop([row["prompt"] for row in data["harmful_validation"]], tokenizer, stage.stop_at_compliance)
+        info.update(stop_at_compliance=stage.stop_at_compliance, validation="data/harmful_validation.jsonl")
+    with timer(name):
+        result = finetune(models[stage.start], data[name], zoo / name, recipe, tokenizer=tokenizer, data=info,
+                          name=f"organism {name}", device="cpu", extra={"start": stage.start}, stop=stop)
+    record = {"start": stage.start, "data": f"{name}.jsonl", "recipe": recipe.to_dict(),
+              "steps": result.manifest["steps"], "planned_steps": result.manifest["planned_steps"],
+              "final_loss": result.manifest["final_loss"], "data_fingerprint": result.manifest["data"]["fingerprint"],
+              **{k: v for k, v in info.items() if k in ("percent", "harmful_share", "stop_at_compliance")}}
+    with timer("eval"):
+        behaviour = measure(result.model, tokenizer, zoo)
+    progress.info(f"organism {name}: {_summary(behaviour)}")
+    return result.model, record, behaviour
+
+
+def zoo_manifest(spec: Preset, seed: int, threads: int, tokenizer, base, stages: dict[str, dict[str, Any]],
+                 data: dict[str, list[dict[str, Any]]], behaviour: dict[str, dict[str, Any]], totals: dict[str, float],
+                 load_start: tuple[float, float, float]) -> dict[str, Any]:
+    """The zoo's manifest: preset, seed, model config, stages, timings, data, behaviour and whether it meets its claims."""
+    return {
+        "kind": "organism-zoo",
+        "preset": spec.name,
+        "seed": seed,
+        "threads": threads,
+        "models": list(MODELS),
+        "model_config": {"architecture": "LlamaForCausalLM", "hidden": spec.hidden, "layers": spec.layers,
+                         "heads": spec.heads, "intermediate": spec.intermediate, "vocab_size": len(tokenizer),
+                         "parameters": sum(p.numel() for p in base.parameters())},
+        "stages": stages,
+        "total_wall_seconds": round(totals["wall"], 2),
+        "total_cpu_seconds": round(totals["cpu"], 2),
+        "load_average": {"start": [round(x, 2) for x in load_start], "end": [round(x, 2) for x in os.getloadavg()]},
+        "cpu_count": os.cpu_count(),
+        "versions": versions(),
+        "data": {name: {"file": f"data/{name}.jsonl", "n": len(rows), "fingerprint": fingerprint(rows)}
+                 for name, rows in data.items()},
+        "generation": generation_settings(),
+        "behaviour": behaviour,
+        "thresholds": spec.thresholds,
+        "targets": check_targets(behaviour, spec.thresholds),
+    }
 
 
 def _summary(b: dict[str, Any]) -> str:

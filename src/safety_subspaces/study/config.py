@@ -1,23 +1,40 @@
-"""The study config: one YAML file names the models, fine-tunes, projection grid, evaluations, overlaps and executor."""
+"""The study config: one YAML file names the models, fine-tunes, projection grid, evaluations, analyses and executor.
+
+A value naming a registered thing (a subspace kind, an edit, a judge, an analysis, an executor) is its NAME or
+`{name: NAME, option: value}`, checked by the registry that owns it: the same names, options and checks as on the
+command line.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 
+from .. import paper
+from ..analyses import ANALYSES, build_analysis
+from ..edits import EDITS
 from ..errors import UserError
+from ..evaluate.judges import DEFAULT_JUDGE, JUDGES
 from ..files import read_text
+from ..analyses.common import check_svd_method
 from ..linalg import check_fraction
 from ..names import check_name
-from .schema import as_plain, build
+from ..registry import Spec
+from ..schema import as_plain, build
+from ..subspaces import SUBSPACES
+from .executors import DEFAULT_EXECUTOR, EXECUTORS, check_executor
 
 ModelRole = Literal["base", "aligned", "safety_tuned"]
 Metric = Literal["utility", "harm", "benign"]
-PAPER_FRACTIONS = [0.01, 0.25, 0.5, 0.75, 0.99]
-PAPER_ETAS = [0.01, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99]
+SubspaceKind = SUBSPACES.name_type()
+EditSpec = EDITS.spec_type()
+ExecutorSpec = EXECUTORS.spec_type()
+AnalysisSpec = ANALYSES.spec_type()
+WeightOverlapSpec = ANALYSES.spec_type(fixed="weight_overlap")
+ActivationOverlapSpec = ANALYSES.spec_type(fixed="activation_overlap")
 
 
 def _at_least(value: float | None, minimum: float, where: str) -> None:
@@ -96,34 +113,62 @@ class Models:
 
 @dataclass
 class GridEntry:
-    """Which fine-tune a scheme is evaluated on, and with which metrics."""
+    """Which fine-tune an edit is evaluated on, and with which metrics (`scheme: NAME` is sugar for `edit: NAME`).
 
-    scheme: Literal["parallel", "orthogonal", "opposite"]
+    An edit that takes `subspace` and `fraction` options runs once per subspace kind and rank fraction of the grid.
+    """
+
     finetune: str
+    edit: EditSpec  # type: ignore[valid-type]
     metrics: list[Metric] = field(default_factory=lambda: ["utility", "harm"])
+
+    @staticmethod
+    def coerce(value: Any, where: str) -> Any:
+        """`scheme: NAME` (the projection schemes' older key) means `edit: NAME`."""
+        if isinstance(value, dict) and "scheme" in value:
+            if "edit" in value:
+                raise UserError(f"{where}: give scheme or edit, not both")
+            value = {("edit" if key == "scheme" else key): item for key, item in value.items()}
+        return value
+
+    @property
+    def scheme(self) -> str:
+        """The edit's name (a projection scheme's, in the paper's grid)."""
+        return self.edit.name
 
 
 def paper_grid() -> list[GridEntry]:
     """The paper's tables: parallel for useful (utility), harmful (harm), contaminated (both); orthogonal for contaminated."""
     return [
-        GridEntry("parallel", "useful", ["utility"]),
-        GridEntry("parallel", "harmful", ["harm"]),
-        GridEntry("parallel", "contaminated", ["utility", "harm"]),
-        GridEntry("orthogonal", "contaminated", ["utility", "harm"]),
+        GridEntry("useful", Spec("parallel"), ["utility"]),
+        GridEntry("harmful", Spec("parallel"), ["harm"]),
+        GridEntry("contaminated", Spec("parallel"), ["utility", "harm"]),
+        GridEntry("contaminated", Spec("orthogonal"), ["utility", "harm"]),
     ]
+
+
+class _SvdMethods:
+    """Annotated[str, ...] checker: analyses.common.check_svd_method."""
+
+    def convert(self, value: Any, where: str) -> str:
+        """The method name (a UserError naming where and the methods otherwise)."""
+        return check_svd_method(value, f"{where}:")
+
+
+SvdMethod = Annotated[str, _SvdMethods()]
 
 
 @dataclass
 class Projection:
     """The projection grid: subspace kinds x rank fractions x grid entries, whole model or one layer at a time."""
 
-    subspaces: list[Literal["top_k", "random_k", "random"]] = field(default_factory=lambda: ["top_k", "random_k", "random"])
-    fractions: list[float] = field(default_factory=lambda: list(PAPER_FRACTIONS))
+    subspaces: list[SubspaceKind] = field(default_factory=lambda: list(paper.SUBSPACE_KINDS))  # type: ignore[valid-type]
+    fractions: list[float] = field(default_factory=lambda: list(paper.FRACTIONS))
     grid: list[GridEntry] = field(default_factory=paper_grid)
     layers: Literal["all", "each"] | list[int] = "all"
     tensors: str | None = None
     energy: bool = True
-    svd_method: Literal["auto", "gram", "qr", "svd"] = "auto"  # linalg.SVD_METHODS
+    svd_method: SvdMethod = "auto"
 
     def check(self, where: str) -> None:
         """Fractions in (0, 1]; a non-empty grid needs subspaces and fractions."""
@@ -151,31 +196,37 @@ class Utility:
             _at_least(getattr(self, name), 1, _key(where, name))
 
 
+JudgeSpec = JUDGES.spec_type()
+OLD_JUDGE_KEYS = {"judge_endpoint": "endpoint", "judge_model": "model", "judge_key_env": "key_env",
+                  "classifier": "model", "rubric_file": "rubric", "concurrency": "workers"}
+
+
 @dataclass
 class Harm:
-    """Harmfulness: greedy generation on harmful prompts, judged 1-5."""
+    """Harmfulness: greedy generation on harmful prompts, judged 1-5 by a registered judge."""
 
     prompts: str = "advbench"
-    judge: Literal["rubric", "refusal", "classifier", "organism"] = "rubric"
-    judge_endpoint: str | None = None
-    judge_model: str | None = None
-    judge_key_env: str = "OPENAI_API_KEY"
-    classifier: str | None = None
-    rubric_file: str | None = None
-    concurrency: int = 8
+    judge: JudgeSpec = field(default_factory=lambda: Spec(DEFAULT_JUDGE))
     limit: int | None = None
     max_new_tokens: int = 512
     batch_size: int = 16
     chat: bool = True
 
+    @staticmethod
+    def coerce(value: Any, where: str) -> Any:
+        """Refuse the keys older configs used for judge options, saying where they went."""
+        if isinstance(value, dict):
+            for key, option in OLD_JUDGE_KEYS.items():
+                if key in value:
+                    raise UserError(f"{_key(where, key)}: judge options now go with the judge: "
+                                    f"judge: {{name: {value.get('judge', DEFAULT_JUDGE)}, {option}: ...}}")
+        return value
+
     def check(self, where: str) -> None:
-        """The rubric judge needs an endpoint and a model; the classifier judge a model path; counts are positive."""
-        for name in ("concurrency", "limit", "max_new_tokens", "batch_size"):
+        """Counts are positive; the judge has every option it needs."""
+        for name in ("limit", "max_new_tokens", "batch_size"):
             _at_least(getattr(self, name), 1, _key(where, name))
-        if self.judge == "rubric" and not (self.judge_endpoint and self.judge_model):
-            raise UserError(f"{where}: the rubric judge needs judge_endpoint and judge_model")
-        if self.judge == "classifier" and not self.classifier:
-            raise UserError(f"{where}: the classifier judge needs classifier: PATH")
+        JUDGES.options(self.judge.name, self.judge.options, _key(where, "judge"))
 
 
 @dataclass
@@ -201,69 +252,38 @@ class Evaluation:
     references: bool = True
 
 
-@dataclass
-class WeightOverlap:
-    """MSO of weight updates relative to the reference model."""
-
-    eta: list[float] = field(default_factory=lambda: list(PAPER_ETAS))
-    updates: list[str] = field(default_factory=lambda: ["useful", "harmful", "base"])
-    percentiles: list[float] = field(default_factory=lambda: [70.0, 85.0])
-    tensors: str | None = None
-
-    def check(self, where: str) -> None:
-        """Etas in (0, 1]."""
-        _fractions(self.eta, f"{where}.eta")
+def paper_weight_overlap() -> Spec:
+    """The paper's weight comparison: the useful and harmful updates and −Δ_A (the base)."""
+    return Spec("weight_overlap", {"updates": ["useful", "harmful", "base"]})
 
 
-@dataclass
-class ActivationOverlap:
-    """MSO of residual-stream activations of prompt sets."""
+def paper_activation_overlap() -> Spec:
+    """The paper's activation comparison: MATH against two harmful sets in the aligned, useful and contaminated models."""
+    return Spec("activation_overlap", {"models": ["aligned", "useful", "contaminated"],
+                                       "prompts": {"useful": "math", "harmful1": "beavertails_unsafe_all",
+                                                   "harmful2": "toxigen"}})
 
-    models: list[str] = field(default_factory=lambda: ["aligned", "useful", "contaminated"])
-    prompts: dict[str, str] = field(default_factory=lambda: {"useful": "math", "harmful1": "beavertails_unsafe_all", "harmful2": "toxigen"})
-    n: int = 5000
-    eta: list[float] = field(default_factory=lambda: list(PAPER_ETAS))
-    depth: list[float] = field(default_factory=lambda: [0.65, 0.90])
-    window: str = "last"
-    raw_prompts: bool = False
-    batch_size: int = 16
 
-    def check(self, where: str) -> None:
-        """Etas in (0, 1], a depth band, at least two prompt sets with safe names, positive n and batch size."""
-        _fractions(self.eta, f"{where}.eta")
-        _at_least(self.n, 1, f"{where}.n")
-        _at_least(self.batch_size, 1, f"{where}.batch_size")
-        for name in self.prompts:
-            check_name(name, f"{where}.prompts: prompt set")
-        if len(self.depth) != 2 or not 0 <= self.depth[0] < self.depth[1] <= 1:
-            raise UserError(f"{where}.depth: expected [low, high] with 0 <= low < high <= 1, got {self.depth}")
-        if len(self.prompts) < 2:
-            raise UserError(f"{where}.prompts: need at least two prompt sets to compare")
+def check_analysis(spec: Spec, where: str) -> None:
+    """An analysis' options hold up (its factory checks them; nothing is loaded)."""
+    try:
+        build_analysis(spec.name, spec.options, where)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
 
 
 @dataclass
 class Overlap:
-    """Overlap analyses (either may be omitted)."""
+    """The overlap analyses (either may be omitted): the options of weight_overlap and of activation_overlap."""
 
-    weights: WeightOverlap | None = field(default_factory=WeightOverlap)
-    activations: ActivationOverlap | None = field(default_factory=ActivationOverlap)
-
-
-@dataclass
-class Executor:
-    """Where jobs run: in this process, or on Ray workers that keep a model resident."""
-
-    kind: Literal["local", "ray"] = "local"
-    address: str | None = None
-    workers: int | None = None
-    gpus_per_worker: float | None = None
-    cpus_per_worker: float = 1.0
+    weights: WeightOverlapSpec | None = field(default_factory=paper_weight_overlap)  # type: ignore[valid-type]
+    activations: ActivationOverlapSpec | None = field(default_factory=paper_activation_overlap)  # type: ignore[valid-type]
 
     def check(self, where: str) -> None:
-        """Worker counts and resources are positive."""
-        _at_least(self.workers, 1, _key(where, "workers"))
-        _at_least(self.gpus_per_worker, 0, _key(where, "gpus_per_worker"))
-        _positive(self.cpus_per_worker, _key(where, "cpus_per_worker"))
+        """Each analysis' options hold up."""
+        for name in ("weights", "activations"):
+            if getattr(self, name) is not None:
+                check_analysis(getattr(self, name), _key(where, name))
 
 
 @dataclass
@@ -278,12 +298,23 @@ class Study:
     projection: Projection = field(default_factory=Projection)
     evaluation: Evaluation = field(default_factory=Evaluation)
     overlap: Overlap = field(default_factory=Overlap)
-    executor: Executor = field(default_factory=Executor)
+    analyses: list[AnalysisSpec] = field(default_factory=list)  # more registered analyses  # type: ignore[valid-type]
+    executor: ExecutorSpec = field(default_factory=lambda: Spec(DEFAULT_EXECUTOR))  # type: ignore[valid-type]
     device: str = "auto"
     dtype: str = "auto"
     threads: int | None = None
     memory_gb: float = 4.0  # per worker: tensors and bases kept in memory between projected models
     allow_pickle: bool = False  # accept pickle-only checkpoints (read with torch.load(weights_only=True))
+
+    @staticmethod
+    def coerce(value: Any, where: str) -> Any:
+        """`executor: {kind: NAME, ...}` (the older key) means `{name: NAME, ...}`."""
+        executor = value.get("executor") if isinstance(value, dict) else None
+        if isinstance(executor, dict) and "kind" in executor:
+            if "name" in executor:
+                raise UserError("executor: give name or kind, not both")
+            value = {**value, "executor": {("name" if k == "kind" else k): v for k, v in executor.items()}}
+        return value
 
     def check(self, where: str) -> None:
         """Names that become paths are safe; cross-references: the reference model exists; grid, overlaps and
@@ -307,19 +338,25 @@ class Study:
                     raise UserError(f"projection.grid[{i}].metrics: {metric!r} needs evaluation.{metric}")
         roles = {"base", "aligned", "safety_tuned", *known}
         if self.overlap.weights is not None:
-            for i, name in enumerate(self.overlap.weights.updates):
+            updates = self.overlap.weights.options.get("updates", [])
+            for i, name in enumerate(updates):
                 if name not in roles or name == self.reference:
                     raise UserError(f"overlap.weights.updates[{i}]: {name!r} is not a model other than the reference; use {', '.join(sorted(roles - {self.reference}))}")
-            if len(self.overlap.weights.updates) < 2:
+            if len(updates) < 2:
                 raise UserError("overlap.weights.updates: need at least two updates to compare")
         if self.overlap.activations is not None:
-            for i, name in enumerate(self.overlap.activations.models):
+            for i, name in enumerate(self.overlap.activations.options.get("models") or []):
                 if name not in roles:
                     raise UserError(f"overlap.activations.models[{i}]: {name!r} is not a model; use {', '.join(sorted(roles))}")
+        for i, spec in enumerate(self.analyses):
+            check_analysis(spec, f"analyses[{i}]")
+        check_executor(self.executor, "executor")
         if isinstance(self.projection.layers, list) and not self.projection.layers:
             raise UserError("projection.layers: an empty list selects nothing; use all, each, or layer indices")
-        if not self.projection.grid and self.overlap.weights is None and self.overlap.activations is None and not self.projection.energy:
-            raise UserError("the study has no jobs: the projection grid is empty and no overlap or energy analysis is asked for")
+        if not self.projection.grid and self.overlap.weights is None and self.overlap.activations is None \
+                and not self.projection.energy and not self.analyses:
+            raise UserError("the study has no jobs: the projection grid is empty and no overlap, energy or other analysis "
+                            "is asked for")
         if self.evaluation.benign is not None and self.evaluation.harm is None:
             raise UserError("evaluation.benign: over-refusal is judged by the harm judge; configure evaluation.harm too")
 

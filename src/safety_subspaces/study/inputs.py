@@ -1,7 +1,9 @@
-"""Check a study's inputs before anything runs: models, recipes' data, prompt sets against n, judge settings.
+"""The study's resolve stage: check every input before anything runs (models, recipes' data, prompt sets against n,
+judge settings) and find the local path of each model given as a checkpoint.
 
-`run --check` calls this offline (hub models and hub data are listed as not checked; an unbuilt organism zoo is
-noted, not built); `run` calls it online before it creates the run directory, building the zoo if needed.
+Nothing is built or written here. `run --check` calls it offline (hub models and hub data are listed as not checked);
+`run` calls it online before it creates the run directory. An organism zoo that is not built yet is noted (`needs_zoo`)
+and what depends on it is left for the materialise stage, which builds the zoo and resolves again.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
+from ..model_dir import looks_like_hub_id
 from .config import ModelSource, Study, organism_name
 
 
@@ -19,6 +22,7 @@ class CheckedInputs:
 
     paths: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    needs_zoo: bool = False  # an organism model or data set waits for the zoo to be built
 
 
 def model_roles(study: Study) -> list[tuple[str, ModelSource]]:
@@ -31,45 +35,47 @@ def model_roles(study: Study) -> list[tuple[str, ModelSource]]:
     return roles + list(study.finetunes.items())
 
 
-def zoo_ready(offline: bool, checked: CheckedInputs) -> Path | None:
-    """The default organism zoo; built first when online, None (with a note) when offline and not built yet."""
+def zoo_ready(checked: CheckedInputs) -> Path | None:
+    """The default organism zoo if it is built; else None, noted (what needs it is checked once it exists)."""
+    from .. import layout
     from ..paths import zoo_dir
 
     zoo = zoo_dir()
-    if (zoo / "manifest.json").exists():
+    if (zoo / layout.MANIFEST).exists():
         return zoo
-    if offline:
-        note = f"organism models and data: the zoo {zoo} is not built yet (`run` builds it)"
-        if note not in checked.notes:
-            checked.notes.append(note)
-        return None
+    checked.needs_zoo = True
+    note = f"organism models and data: the zoo {zoo} is not built yet (`run` builds it)"
+    if note not in checked.notes:
+        checked.notes.append(note)
+    return None
+
+
+def build_zoo() -> Path:
+    """Build the default organism zoo (the materialise stage, when the inputs need it)."""
     from .. import progress
     from ..organism import build
+    from ..paths import zoo_dir
 
+    zoo = zoo_dir()
     progress.info(f"building the organism zoo in {zoo} (a few minutes, once)")
     build(zoo, preset="default")
     return zoo
 
 
-def is_hub_id(reference: str) -> bool:
-    """Whether a reference that is not a local path reads as a hub id (owner/name)."""
-    return reference.count("/") == 1 and not reference.startswith((".", "/", "~"))
-
-
 def resolve_model_path(reference: str, role: str, *, offline: bool, checked: CheckedInputs) -> str | None:
     """A local directory for a model reference (organism:NAME, a directory, a hub id); None when offline can't tell."""
-    from ..models import resolve_model
+    from ..model_dir import resolve_model
 
     name = organism_name(reference, role)
     if name is not None:
-        zoo = zoo_ready(offline, checked)
+        zoo = zoo_ready(checked)
         if zoo is None:
             return None
         path = zoo / name
         if not (path / "config.json").exists():
             raise UserError(f"{role}: organism model {name!r} is not in the zoo {zoo}")
         return str(path)
-    if offline and not Path(reference).expanduser().exists() and is_hub_id(reference):
+    if offline and not Path(reference).expanduser().exists() and looks_like_hub_id(reference):
         checked.notes.append(f"{role}: hub model {reference} (offline)")
         return None
     return str(resolve_model(reference, role=role))
@@ -96,13 +102,13 @@ def check_models(study: Study, *, offline: bool, checked: CheckedInputs) -> None
 
 def check_recipes(study: Study, *, offline: bool, checked: CheckedInputs) -> None:
     """Each fine-tuning recipe starts from a model available before it and names data that can exist."""
-    from .recipes import split_recipe
+    from .recipes import split_recipe, start_of
 
     available = [role for role, source in model_roles(study) if source.path is not None]
     for role, source in model_roles(study):
         if source.recipe is None:
             continue
-        start = source.recipe.get("from", "base" if role in ("aligned", "safety_tuned") else study.reference)
+        start = start_of(study, role, source)
         if start not in available:
             raise UserError(f"{role}.recipe.from: {start!r} is not a model available before {role}; "
                             f"use one of {', '.join(available) or 'the given checkpoints'}")
@@ -122,19 +128,20 @@ def check_recipes(study: Study, *, offline: bool, checked: CheckedInputs) -> Non
 
 def check_data_reference(text: str, where: str, *, offline: bool, checked: CheckedInputs) -> None:
     """A data name that load_training_data accepts: a named set, a file that exists, organism:NAME, or a hub id."""
-    from ..data import CONTAMINATED, SOURCES, TRAINING_SETS, looks_like_file, resolve_organism
+    from ..data import CONTAMINATED, SOURCES, TRAINING_SETS, looks_like_file
+    from ..paths import zoo_data_file
 
     name = organism_name(text, where)
     if name is not None:
-        zoo = zoo_ready(offline, checked)
+        zoo = zoo_ready(checked)
         if zoo is not None:
-            resolve_organism(name, zoo)
+            zoo_data_file(name, zoo)
         return
     if text in TRAINING_SETS or text == CONTAMINATED or text in SOURCES or Path(text).expanduser().is_file():
         return
     if looks_like_file(text):
         raise UserError(f"{where}: data file {text}: no such file")
-    if not is_hub_id(text):
+    if not looks_like_hub_id(text):
         raise UserError(f"{where}: unknown dataset {text!r}; use one of {', '.join([*TRAINING_SETS, CONTAMINATED])}, "
                         "a data file, organism:NAME or a hub id")
 
@@ -150,7 +157,7 @@ def is_local_source(text: str) -> bool:
 def loadable(text: str, *, offline: bool, checked: CheckedInputs, what: str) -> bool:
     """Whether to load a source now: local ones always (organism ones once the zoo exists), hub ones only online."""
     if text.startswith("organism:"):
-        return zoo_ready(offline, checked) is not None
+        return zoo_ready(checked) is not None
     if offline and not is_local_source(text):
         checked.notes.append(f"{what}: {text} from the hub (offline)")
         return False
@@ -160,7 +167,8 @@ def loadable(text: str, *, offline: bool, checked: CheckedInputs, what: str) -> 
 def check_prompt_sets(study: Study, *, offline: bool, checked: CheckedInputs) -> None:
     """Harm and over-refusal prompts can be read; every activation prompt set holds at least n prompts."""
     from ..evaluate.harm import load_harm_prompts
-    from ..overlap.activations import PromptSource
+    from ..analyses.activation_overlap import PromptSource
+    from ..paper import PROMPTS_PER_SET
 
     evaluation = study.evaluation
     for name, options in (("harm", evaluation.harm), ("benign", evaluation.benign)):
@@ -170,13 +178,14 @@ def check_prompt_sets(study: Study, *, offline: bool, checked: CheckedInputs) ->
     activations = study.overlap.activations
     if activations is None:
         return
-    for name, text in activations.prompts.items():
+    n = activations.options.get("n", PROMPTS_PER_SET)
+    for name, text in activations.options.get("prompts", {}).items():
         where = f"overlap.activations.prompts.{name}"
         if not loadable(text, offline=offline, checked=checked, what=where):
             continue
         count = len(PromptSource.parse(text).load())
-        if count < activations.n:
-            raise UserError(f"{where}: {text} has {count} prompts, fewer than overlap.activations.n = {activations.n}; "
+        if count < n and not activations.options.get("allow_fewer"):
+            raise UserError(f"{where}: {text} has {count} prompts, fewer than overlap.activations.n = {n}; "
                             f"lower n to at most {count}")
 
 
@@ -191,9 +200,9 @@ def check_utility(study: Study, *, offline: bool, checked: CheckedInputs) -> Non
         if not Path(path).expanduser().is_file():
             raise UserError(f"evaluation.utility.data_files.{split}: {path}: no such file")
     if utility.task == ORGANISM_TASK and not utility.data_files:
-        zoo = zoo_ready(offline, checked)
+        zoo = zoo_ready(checked)
         if zoo is not None:
-            from ..organism import zoo_data_file
+            from ..paths import zoo_data_file
 
             zoo_data_file("arithmetic_eval", zoo)
     elif not utility.data_files and offline:
@@ -201,25 +210,20 @@ def check_utility(study: Study, *, offline: bool, checked: CheckedInputs) -> Non
 
 
 def check_judge(study: Study, *, offline: bool, checked: CheckedInputs) -> None:
-    """The harm judge can be built as configured: rubric file, endpoint, model and its key in the environment;
-    a classifier judge's model directory (loaded only by the jobs)."""
-    from ..evaluate.judges import make_judge
-    from ..models import check_remote_code
-    from .handlers import judge_options
-    from .schema import as_plain
+    """The harm judge can be built as configured (the rubric judge: rubric file, endpoint, model, its key in the
+    environment); a judge that loads a model only checks its directory (the jobs load it)."""
+    from ..evaluate.judges import JudgeRuntime, check_judge as check_one
 
     harm = study.evaluation.harm
     if harm is None:
         return
-    if harm.judge == "classifier":
-        path = resolve_model_path(harm.classifier, "evaluation.harm.classifier", offline=offline, checked=checked)
-        if path is not None:
-            check_remote_code(Path(path), role="evaluation.harm.classifier")
-        return
+    runtime = JudgeRuntime(device="cpu", batch_size=harm.batch_size, allow_pickle=study.allow_pickle)
     try:
-        make_judge(harm.judge, **judge_options(as_plain(harm)))
+        note = check_one(harm.judge, runtime)
     except UserError as exc:
-        raise UserError(f"evaluation.harm: {exc}") from None
+        raise UserError(f"evaluation.harm.judge: {exc}") from None
+    if note:
+        checked.notes.append(f"evaluation.harm.judge: {note}")
 
 
 def check_inputs(study: Study, *, offline: bool) -> CheckedInputs:

@@ -1,54 +1,25 @@
-"""Plan a study's jobs: each a kind and a spec, identified by a content hash of both and of its inputs' fingerprints."""
+"""Plan a study's jobs: typed specs (study/jobs/), each identified by a content hash of itself and its inputs."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Mapping
 
-from .config import Study
-from .schema import as_plain
+from .. import paper
+from ..analyses import AnalysisContext, build_analysis
+from ..edits import EDITS
+from ..edits.projections import is_projection
+from ..registry import Spec
+from ..spectra import CACHE_VERSION
+from .config import GridEntry, Study
+from .jobs import Decomposition, Job, make_job
+from .jobs.analysis import AnalysisSpec
+from .jobs.evaluate import EvaluateSpec, EvaluationSettings
 
-TABLES = {"energy": "energy", "evaluate": "evaluation", "weight_overlap": "weight_overlap",
-          "activation_overlap": "activation_overlap"}
-
-
-@dataclass(frozen=True)
-class Job:
-    """One unit of work: what to do (kind, spec) and its content-hash id."""
-
-    id: str
-    kind: str
-    spec: Mapping[str, Any]
-
-    @property
-    def label(self) -> str:
-        """A short human description for progress lines."""
-        spec = self.spec
-        if self.kind == "evaluate":
-            if spec["variant"] == "projected":
-                layer = f" layer {spec['layer']}" if spec.get("layer") is not None else ""
-                return f"{spec['finetune']} {spec['scheme']} {spec['subspace']} {spec['fraction']:g}{layer}"
-            return f"{spec['model']}"
-        if self.kind == "activation_overlap":
-            return f"activations of {spec['model']}"
-        return self.kind.replace("_", " ")
-
-
-def job_id(kind: str, spec: Mapping[str, Any], fingerprints: Mapping[str, str]) -> str:
-    """A content hash of the kind, the spec and the fingerprints of the models it touches."""
-    payload = json.dumps({"kind": kind, "spec": spec, "inputs": dict(sorted(fingerprints.items()))}, sort_keys=True, default=str)
-    return hashlib.blake2b(payload.encode(), digest_size=10).hexdigest()
-
-
-def make_job(kind: str, spec: dict[str, Any], fingerprints: Mapping[str, str], models: list[str]) -> Job:
-    """A job whose id covers the fingerprints of the given models."""
-    return Job(job_id(kind, spec, {m: fingerprints[m] for m in models}), kind, spec)
+METRICS = ("utility", "harm", "benign")
 
 
 def layer_choices(study: Study, num_layers: int) -> list[int | None]:
-    """None for whole-model projections; layer indices for one-layer-at-a-time ones."""
+    """None for whole-model edits; layer indices for one-layer-at-a-time ones."""
     layers = study.projection.layers
     if layers == "all":
         return [None]
@@ -57,11 +28,15 @@ def layer_choices(study: Study, num_layers: int) -> list[int | None]:
     return list(layers)  # type: ignore[arg-type]
 
 
-def evaluation_settings(study: Study, metrics: list[str]) -> dict[str, Any]:
+def evaluation_settings(study: Study, metrics: list[str]) -> EvaluationSettings:
     """The evaluation settings a job's results depend on (over-refusal is judged by the harm judge)."""
-    evaluation = as_plain(study.evaluation)
     needed = [*metrics, "harm"] if "benign" in metrics else metrics
-    return {metric: evaluation[metric] for metric in needed}
+    return EvaluationSettings(**{metric: getattr(study.evaluation, metric) for metric in needed})
+
+
+def decomposition(study: Study) -> Decomposition:
+    """What the study's cached spectra come from."""
+    return Decomposition(CACHE_VERSION, study.projection.svd_method)
 
 
 def reference_metrics(study: Study) -> dict[str, list[str]]:
@@ -72,7 +47,7 @@ def reference_metrics(study: Study) -> dict[str, list[str]]:
         for metric in entry.metrics:
             if metric not in by_finetune[entry.finetune]:
                 by_finetune[entry.finetune].append(metric)
-    every = sorted({m for ms in by_finetune.values() for m in ms}, key=["utility", "harm", "benign"].index)
+    every = sorted({m for ms in by_finetune.values() for m in ms}, key=METRICS.index)
     rows = {"base": every, study.reference: every}
     rows.update(by_finetune)
     if study.evaluation.benign is not None:  # over-refusal of every reference row
@@ -80,37 +55,58 @@ def reference_metrics(study: Study) -> dict[str, list[str]]:
     return {model: metrics for model, metrics in rows.items() if metrics}
 
 
-def plan(study: Study, fingerprints: Mapping[str, str], num_layers: int) -> list[Job]:
-    """Every analysis job of a study (models already materialised and fingerprinted)."""
-    jobs: list[Job] = []
-    reference = study.reference
-    projection = as_plain(study.projection)
+def grid_edits(study: Study, entry: GridEntry) -> list[Spec]:
+    """The entry's edit once per subspace kind and rank fraction of the grid (for the options the edit takes)."""
+    accepts = EDITS.get(entry.edit.name).accepts
+    kinds = study.projection.subspaces if accepts("subspace") else [None]
+    fractions = study.projection.fractions if accepts("fraction") else [None]
+    out = []
+    for subspace in kinds:
+        for fraction in fractions:
+            grid = {key: value for key, value in (("subspace", subspace), ("fraction", fraction)) if value is not None}
+            out.append(entry.edit.with_options(**grid))
+    return out
+
+
+def analysis_specs(study: Study) -> list[Spec]:
+    """Every analysis of the study: energy (from the projection grid), the overlaps, then any others named."""
+    specs = []
     if study.projection.energy:
-        schemes = sorted({entry.scheme for entry in study.projection.grid} or {"parallel", "orthogonal"})
-        spec = {"subspaces": projection["subspaces"], "fractions": projection["fractions"], "schemes": schemes,
-                "tensors": projection["tensors"], "svd_method": projection["svd_method"], "seed": study.seed}
-        jobs.append(make_job("energy", spec, fingerprints, ["base", reference, *study.finetunes]))
+        schemes = sorted({e.edit.name for e in study.projection.grid if is_projection(e.edit.name)} or paper.SCHEMES)
+        specs.append(Spec("energy", {"subspaces": list(study.projection.subspaces),
+                                     "fractions": list(study.projection.fractions), "schemes": schemes,
+                                     "tensors": study.projection.tensors}))
+    specs.extend(spec for spec in (study.overlap.weights, study.overlap.activations) if spec is not None)
+    return [*specs, *study.analyses]
+
+
+def analysis_jobs(study: Study, fingerprints: Mapping[str, str]) -> list[Job]:
+    """One job per part of every analysis; its id covers the models that part reads."""
+    context = AnalysisContext({role: "" for role in fingerprints}, reference=study.reference,
+                              finetunes=list(study.finetunes))
+    jobs = []
+    for spec in analysis_specs(study):
+        analysis = build_analysis(spec.name, spec.options)
+        for part in analysis.parts(context):
+            typed = AnalysisSpec(spec, part, study.seed if analysis.seeded else None,
+                                 decomposition(study) if analysis.uses_spectra else None)
+            jobs.append(make_job("analysis", typed, fingerprints, analysis.roles(context, part)))
+    return jobs
+
+
+def plan(study: Study, fingerprints: Mapping[str, str], num_layers: int) -> list[Job]:
+    """Every job of a study (models already materialised and fingerprinted): analyses and evaluations."""
+    reference = study.reference
+    analyses = analysis_jobs(study, fingerprints)
+    jobs: list[Job] = [job for job in analyses if job.spec.analysis.name == "energy"]
     if study.evaluation.references:
         for model, metrics in reference_metrics(study).items():
-            spec = {"variant": "reference", "model": model, "metrics": metrics,
-                    "settings": evaluation_settings(study, metrics)}
+            spec = EvaluateSpec(model, metrics, evaluation_settings(study, metrics))
             jobs.append(make_job("evaluate", spec, fingerprints, [model, reference]))
     for entry in study.projection.grid:
         for layer in layer_choices(study, num_layers):
-            for subspace in study.projection.subspaces:
-                for fraction in study.projection.fractions:
-                    spec = {
-                        "variant": "projected", "finetune": entry.finetune, "scheme": entry.scheme,
-                        "subspace": subspace, "fraction": fraction, "layer": layer,
-                        "tensors": projection["tensors"], "metrics": list(entry.metrics), "seed": study.seed,
-                        "svd_method": projection["svd_method"], "settings": evaluation_settings(study, list(entry.metrics)),
-                    }
-                    jobs.append(make_job("evaluate", spec, fingerprints, ["base", reference, entry.finetune]))
-    if study.overlap.weights is not None:
-        spec = as_plain(study.overlap.weights)
-        jobs.append(make_job("weight_overlap", spec, fingerprints, [reference, *study.overlap.weights.updates]))
-    if study.overlap.activations is not None:
-        spec = as_plain(study.overlap.activations)
-        for model in study.overlap.activations.models:
-            jobs.append(make_job("activation_overlap", {**spec, "model": model}, fingerprints, [model]))
-    return jobs
+            for edit in grid_edits(study, entry):
+                spec = EvaluateSpec(entry.finetune, list(entry.metrics), evaluation_settings(study, list(entry.metrics)),
+                                    edit, layer, study.projection.tensors, study.seed, decomposition(study))
+                jobs.append(make_job("evaluate", spec, fingerprints, ["base", reference, entry.finetune]))
+    return [*jobs, *(job for job in analyses if job.spec.analysis.name != "energy")]

@@ -11,6 +11,11 @@ DATA_OPTIONS = ("source", "useful_source", "harmful_source", "fields", "useful_f
 RECIPE_KEYS = ("data", "from", *DATA_OPTIONS)
 
 
+def start_of(study: Any, role: str, source: Any) -> str:
+    """The model a recipe fine-tunes: its `from`, else the base (for the aligned and safety-tuned roles) or the reference."""
+    return source.recipe.get("from", "base" if role in ("aligned", "safety_tuned") else study.reference)
+
+
 def split_recipe(recipe: Mapping[str, Any], where: str):
     """(data name, data options, validated Recipe) of a study recipe block."""
     from ..finetune import recipe_from

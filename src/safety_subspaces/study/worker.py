@@ -1,28 +1,19 @@
-"""A worker runs study jobs with the reference model resident, swapping projected weights in and out in place."""
+"""A worker runs study jobs with the reference model resident, swapping edited weights in and out in place."""
 
 from __future__ import annotations
 
+import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Iterator
 
-from ..errors import UserError
+from ..analyses import AnalysisContext
 from .config import Study, parse_study
-from .plan import Job
+from .jobs import Job, kind_of
 
 Rows = list[tuple[str, dict[str, Any]]]
-HANDLERS: dict[str, Callable[["Worker", Job], Rows]] = {}
-
-
-def handles(kind: str):
-    """Register a job handler for a job kind."""
-
-    def register(function: Callable[["Worker", Job], Rows]) -> Callable[["Worker", Job], Rows]:
-        HANDLERS[kind] = function
-        return function
-
-    return register
 
 
 @dataclass
@@ -41,8 +32,6 @@ class Worker:
     """Runs jobs; loads the reference model once and keeps it resident."""
 
     def __init__(self, context: Context, name: str = "local"):
-        import os
-
         os.environ.update(context.environment)
         os.environ.setdefault("TQDM_DISABLE", "1")  # third-party bars; the study shows its own
         import transformers
@@ -60,6 +49,8 @@ class Worker:
         self._resident: tuple[Any, Any] | None = None
         self._subspaces = None
         self._live = None
+        self._judges: dict[str, Any] = {}
+        self._analysis_context: WorkerContext | None = None
 
     def checkpoint(self, role: str):
         """The lazily opened checkpoint of a model role."""
@@ -77,7 +68,7 @@ class Worker:
 
     def subspaces(self):
         """Alignment subspaces of Δ = W_ref - W_0 (decompositions cached on disk)."""
-        from ..projection import AlignmentSubspaces
+        from ..subspaces import AlignmentSubspaces
 
         if self._subspaces is None:
             self._subspaces = AlignmentSubspaces(
@@ -99,7 +90,7 @@ class Worker:
 
     def live(self):
         """The resident model wrapped for in-place weight swaps."""
-        from ..projection import LiveModel
+        from ..edits.apply import LiveModel
 
         if self._live is None:
             model, _ = self.resident()
@@ -115,16 +106,55 @@ class Worker:
             live.load(self.checkpoint(role))
         return self.resident()
 
+    def judge(self, spec: Any, batch_size: int):
+        """The judge of a spec (NAME or {name: NAME, k: v}), built once per worker and reused across jobs."""
+        from ..evaluate.judges import JUDGES, JudgeRuntime, make_judge
+        from ..files import config_digest
+
+        spec = JUDGES.spec(spec, "evaluation.harm.judge")
+        runtime = JudgeRuntime(device=self.context.device, batch_size=batch_size, allow_pickle=self.study.allow_pickle,
+                               quiet=bool(os.environ.get("SAFETY_SUBSPACES_QUIET")))
+        key = config_digest({"spec": spec.as_plain(), "runtime": runtime.__dict__})
+        if key not in self._judges:
+            self._judges[key] = make_judge(spec, runtime)
+        return self._judges[key]
+
+    def analysis_context(self) -> "WorkerContext":
+        """The study's models as an analysis context that reads through this worker."""
+        if self._analysis_context is None:
+            self._analysis_context = WorkerContext(self)
+        return self._analysis_context
+
     def run(self, job: Job) -> tuple[Rows, float]:
-        """Run one job; return its (table, row) results and its wall time."""
-        handler = HANDLERS.get(job.kind)
-        if handler is None:
-            raise UserError(f"no handler for job kind {job.kind!r}")
+        """Run one job with its kind's handler; return its (table, row) results and its wall time."""
         start = time.perf_counter()
-        rows = handler(self, job)
+        rows = kind_of(job.kind).run(self, job)
         return rows, time.perf_counter() - start
 
 
-def register_handlers() -> None:
-    """Import the modules that register job handlers."""
-    from . import handlers  # noqa: F401
+class WorkerContext(AnalysisContext):
+    """A worker's models as an analysis context: its checkpoints, its subspaces, its resident model lent per role."""
+
+    def __init__(self, worker: Worker):
+        study = worker.study
+        super().__init__(worker.context.models, reference=study.reference, finetunes=list(study.finetunes),
+                         seed=study.seed, device=worker.context.device, dtype=study.dtype,
+                         svd_method=study.projection.svd_method, allow_pickle=study.allow_pickle)
+        self.worker = worker
+
+    def checkpoint(self, role: str):
+        """The worker's checkpoint of a role (memoised tensors included)."""
+        return self.worker.checkpoint(role)
+
+    def subspaces(self):
+        """The worker's alignment subspaces."""
+        return self.worker.subspaces()
+
+    @contextmanager
+    def loaded(self, role: str) -> Iterator[tuple[Any, Any]]:
+        """The resident model holding the role's weights, put back to the reference afterwards."""
+        model, tokenizer = self.worker.show(role)
+        try:
+            yield model, tokenizer
+        finally:
+            self.worker.live().restore()

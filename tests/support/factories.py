@@ -106,3 +106,27 @@ def write_config(path: Path, **changes) -> None:
     config = json.loads(config_path.read_text())
     config.update(changes)
     config_path.write_text(json.dumps(config))
+
+
+FINETUNES = ("useful", "harmful", "contaminated")
+
+
+def make_cast(root: Path, arch: str = "qwen2", *, tie: bool = True, dtype=None, shard_size=None) -> dict[str, Path]:
+    """base, aligned, safety and three fine-tunes of a tiny model, saved under root."""
+    base = tiny_model(arch, tie=tie, seed=0)
+    aligned = perturbed(base, seed=1, rank=3)
+    cast = {"base": base, "aligned": aligned, "safety": perturbed(base, seed=2, rank=3)}
+    for i, name in enumerate(FINETUNES):
+        cast[name] = perturbed(aligned, seed=10 + i, scale=0.02, rank=2)
+    return {name: save(model, root / name, dtype=dtype, shard_size=shard_size) for name, model in cast.items()}
+
+
+def state(path: Path) -> dict[str, torch.Tensor]:
+    """All stored tensors of a checkpoint directory."""
+    from safetensors import safe_open
+
+    out = {}
+    for shard in sorted(Path(path).glob("*.safetensors")):
+        with safe_open(str(shard), framework="pt") as handle:
+            out.update({key: handle.get_tensor(key) for key in handle.keys()})
+    return out

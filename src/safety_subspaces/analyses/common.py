@@ -1,4 +1,4 @@
-"""What both overlap analyses share: η grids, pairs, MSO curves from spectra, means over tensors or layers, depth rules."""
+"""What analyses share: the SVD-method check, η grids, pairs, MSO curves from spectra, means over rows, depth rules."""
 
 from __future__ import annotations
 
@@ -11,8 +11,29 @@ from .. import linalg
 from ..errors import UserError
 from ..spectra import Spectrum
 
-DEFAULT_ETAS = (0.01, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99)
 PAIR_SEPARATOR = " vs "
+
+
+def check_svd_method(method: str, where: str = "--svd-method") -> str:
+    """An exact decomposition method name, one of linalg.SVD_METHODS (a UserError naming where otherwise)."""
+    if method not in linalg.SVD_METHODS:
+        raise UserError(f"{where} {method!r}: use {', '.join(linalg.SVD_METHODS)}")
+    return method
+
+
+def num_layers(config: Mapping, names: Sequence[str] = (), role: str = "model") -> int:
+    """L: a config's num_hidden_layers (its text config's for multimodal models), else 1 + the largest block index."""
+    from ..checkpoints import layer_index
+
+    text = config.get("text_config") if isinstance(config.get("text_config"), Mapping) else {}
+    for source in (config, text):
+        value = source.get("num_hidden_layers")
+        if isinstance(value, int) and value > 0:
+            return value
+    indices = [i for i in (layer_index(name) for name in names) if i is not None]
+    if not indices:
+        raise UserError(f"{role}: cannot tell the number of layers (no num_hidden_layers, no layer names)")
+    return max(indices) + 1
 
 
 def check_etas(etas: Iterable[float], flag: str = "--eta") -> list[float]:
@@ -33,7 +54,8 @@ def pair_label(a: str, b: str) -> str:
     return f"{a}{PAIR_SEPARATOR}{b}"
 
 
-def choose_pairs(names: Sequence[str], requested: Sequence[str] | None, what: str) -> list[tuple[str, str]]:
+def choose_pairs(names: Sequence[str], requested: Sequence[str] | None, what: str,
+                 flag: str = "--pairs") -> list[tuple[str, str]]:
     """Every unordered pair of names in the given order, or the requested 'a:b' pairs (validated)."""
     if not requested:
         return list(combinations(names, 2))
@@ -41,10 +63,10 @@ def choose_pairs(names: Sequence[str], requested: Sequence[str] | None, what: st
     for text in requested:
         a, sep, b = text.partition(":")
         if not sep or not a or not b:
-            raise UserError(f"--pairs {text!r}: expected NAME:NAME, e.g. useful:harmful")
+            raise UserError(f"{flag} {text!r}: expected NAME:NAME, e.g. useful:harmful")
         for name in (a, b):
             if name not in names:
-                raise UserError(f"--pairs {text!r}: no {what} named {name!r} (have {', '.join(names)})")
+                raise UserError(f"{flag} {text!r}: no {what} named {name!r} (have {', '.join(names)})")
         pairs.append((a, b))
     return pairs
 
@@ -101,13 +123,13 @@ def depth_band(num_hidden_states: int, low: float, high: float) -> list[int]:
     return list(range(max(start, 0), min(stop, num_hidden_states)))
 
 
-def check_depth(depth: Sequence[float]) -> tuple[float, float]:
+def check_depth(depth: Sequence[float], flag: str = "--depth") -> tuple[float, float]:
     """A depth band (low, high) with 0 <= low < high <= 1."""
     if len(depth) != 2:
-        raise UserError(f"--depth: expected two fractions LOW,HIGH such as 0.65,0.90, got {len(depth)} value(s)")
+        raise UserError(f"{flag}: expected two fractions LOW,HIGH such as 0.65,0.90, got {len(depth)} value(s)")
     low, high = (float(x) for x in depth)
     if not (0 <= low < high <= 1):
-        raise UserError(f"--depth {low:g},{high:g}: need 0 <= LOW < HIGH <= 1")
+        raise UserError(f"{flag} {low:g},{high:g}: need 0 <= LOW < HIGH <= 1")
     return low, high
 
 
@@ -118,10 +140,10 @@ def depth_layer(percentile: float, num_layers: int) -> int:
     return min(num_layers - 1, math.floor(exact_fraction(percentile) / 100 * num_layers))
 
 
-def check_percentiles(percentiles: Sequence[float]) -> list[float]:
+def check_percentiles(percentiles: Sequence[float], flag: str = "--depth-percentiles") -> list[float]:
     """Depth percentiles, each in [0, 100]."""
     values = [float(p) for p in percentiles]
     bad = [p for p in values if not 0 <= p <= 100]
     if bad:
-        raise UserError(f"--depth-percentiles: {bad[0]:g} is outside [0, 100]")
+        raise UserError(f"{flag}: {bad[0]:g} is outside [0, 100]")
     return values

@@ -1,4 +1,4 @@
-"""Plots of analysis rows (PNG, matplotlib Agg): each function takes result rows, as returned or as read from CSV."""
+"""Plots of result rows (PNG, matplotlib Agg) for analyses and the report: rows as returned or as read from CSV."""
 
 from __future__ import annotations
 
@@ -102,7 +102,12 @@ def activation_overlap_figure(rows: Sequence[Row], path: Path, *, centered: bool
     return panel_figure(panels, path, title=f"Mode Subspace Overlap of activations ({kind}, mean over the depth band)")
 
 
-SUBSPACE_STYLES = {"top_k": "-", "random_k": "--", "random": ":"}
+LINE_STYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 2, 2, 2)), (0, (3, 1, 1, 1)))
+
+
+def line_styles(names: Sequence[str]) -> dict[str, object]:
+    """A line style per name, in order (cycling when there are more names than styles): every subspace kind gets one."""
+    return {name: LINE_STYLES[index % len(LINE_STYLES)] for index, name in enumerate(dict.fromkeys(names))}
 
 
 def energy_figure(rows: Sequence[Row], path: Path) -> Path | None:
@@ -110,13 +115,13 @@ def energy_figure(rows: Sequence[Row], path: Path) -> Path | None:
     rows = [r for r in rows if r.get("scope", "model") == "model"]
     if not rows:
         return None
-    order = ("parallel", "orthogonal", "opposite")
-    schemes = sorted({str(r["scheme"]) for r in rows}, key=lambda s: order.index(s) if s in order else len(order))
+    schemes = list(dict.fromkeys(str(r["scheme"]) for r in rows))
     finetunes = list(dict.fromkeys(str(r["finetune"]) for r in rows))
+    styles = line_styles([str(r["subspace"]) for r in rows])
     figure, axes = plt.subplots(1, len(schemes), figsize=(4.6 * len(schemes), 3.8), squeeze=False)
     for ax, scheme in zip(axes.flat, schemes):
         for index, finetune in enumerate(finetunes):
-            for kind, style in SUBSPACE_STYLES.items():
+            for kind, style in styles.items():
                 members = sorted((r for r in rows if (r["scheme"], r["finetune"], r["subspace"]) == (scheme, finetune, kind)),
                                  key=lambda r: as_float(r["fraction"]))
                 if members:
@@ -139,10 +144,11 @@ def metric_figure(table, path: Path) -> Path | None:
     if not any(c.value is not None for _, cells in table.subspaces for c in cells):
         return None
     figure, ax = plt.subplots(figsize=(5.6, 3.8))
+    styles = line_styles([kind for kind, _ in table.subspaces])
     for index, (kind, cells) in enumerate(table.subspaces):
         points = [(f, c.value) for f, c in zip(table.fractions, cells) if c.value is not None]
         if points:
-            ax.plot(*zip(*points), marker="o", markersize=3, linestyle=SUBSPACE_STYLES.get(kind, "-"), color=f"C{index}", label=kind)
+            ax.plot(*zip(*points), marker="o", markersize=3, linestyle=styles[kind], color=f"C{index % 10}", label=kind)
     for (name, cell), colour in zip(table.references, ("0.5", "k", "tab:red")):
         if cell.value is not None:
             ax.axhline(cell.value, color=colour, linewidth=0.9, linestyle="-.", label=name)

@@ -1,0 +1,106 @@
+"""Applying an edit: tensor by tensor into a written checkpoint, or in place on a loaded model with a bit-exact restore."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import torch
+
+from .. import linalg
+from ..checkpoints import Checkpoint, TensorFilter
+from ..errors import UserError
+from ..registry import Spec
+from ..subspaces import AlignmentSubspaces
+from . import Edit, EditInputs, ProjectionSpec, make_edit
+
+EditLike = Edit | ProjectionSpec | Spec | str
+
+
+def edited_weight(edit: Edit | None, inputs: EditInputs, name: str, selected: bool) -> torch.Tensor:
+    """The new weight of one tensor: W_ref.float() + Δ̃ cast once to W_ref's dtype; W_FT itself where not selected."""
+    finetune, reference = inputs.finetune, inputs.reference
+    if edit is None or not selected:
+        return finetune.read(name).to(reference.infos[name].dtype)
+    weight = reference.read(name)
+    if not weight.is_floating_point():
+        return finetune.read(name)
+    exact = edit.exact(inputs, name)
+    if exact == "finetune":
+        return finetune.read(name).to(weight.dtype)
+    if exact == "reference":
+        return weight
+    delta_task = inputs.delta_task(name)
+    return linalg.add_update(weight.to(inputs.device), edit.delta(inputs, name, delta_task)).cpu()
+
+
+def prepared(edit: Edit | None, inputs: EditInputs, names: Sequence[str], select: Callable[[str], bool]) -> None:
+    """Run the edit's global pass over the selected tensors."""
+    if edit is not None:
+        edit.prepare(inputs, [name for name in names if select(name)])
+
+
+def edited_state(edit: EditLike, inputs: EditInputs, select: Callable[[str], bool]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every stored tensor of the reference layout with the edit applied (a tied alias gets a copy of its tensor)."""
+    edit = make_edit(edit)
+    reference = inputs.reference
+    prepared(edit, inputs, reference.names, select)
+    for canonical in reference.names:
+        tensor = edited_weight(edit, inputs, canonical, select(canonical))
+        yield canonical, tensor
+        for alias in sorted(a for a, c in reference.aliases.items() if c == canonical):
+            yield alias, tensor.clone()  # shards cannot share storage
+
+
+class LiveModel:
+    """A loaded model whose weights are swapped in place: an edited fine-tune, another checkpoint, or the reference."""
+
+    def __init__(self, model, subspaces: AlignmentSubspaces, names: Sequence[str]):
+        self.model, self.subspaces = model, subspaces
+        params = dict(model.named_parameters(remove_duplicate=False))
+        missing = [name for name in names if name not in params]
+        if missing:
+            raise UserError(
+                f"the loaded model has no parameter named {missing[0]} (and {len(missing) - 1} more) "
+                "from the checkpoint; load the reference model the weights came from"
+            )
+        self.params = {name: params[name] for name in names}
+        self.touched: set[str] = set()
+        self.state = "reference"
+
+    @torch.no_grad()
+    def _set(self, name: str, value: torch.Tensor) -> None:
+        """Copy a new value into a parameter."""
+        param = self.params[name]
+        param.data.copy_(value.to(device=param.device, dtype=param.dtype))
+        self.touched.add(name)
+
+    def apply(self, finetune: Checkpoint, edit: EditLike | None, select: Callable[[str], bool] = TensorFilter(),
+              others: Mapping[str, Checkpoint] | None = None) -> Edit | None:
+        """Set the weights of an edited fine-tune (edit None: the fine-tune itself; unselected tensors: W_FT)."""
+        self.restore()
+        built = make_edit(edit) if edit is not None else None
+        inputs = EditInputs(self.subspaces, finetune, others)
+        prepared(built, inputs, list(self.params), select)
+        for name in self.params:
+            self._set(name, edited_weight(built, inputs, name, select(name)))
+        self.state = f"{finetune.role}:{built.label if built else 'full'}"
+        return built
+
+    def load(self, checkpoint: Checkpoint) -> None:
+        """Set the weights of another compatible checkpoint (e.g. the base model)."""
+        self.restore()
+        for name in self.params:
+            self._set(name, checkpoint.read(name))
+        self.state = checkpoint.role
+
+    def restore(self) -> None:
+        """Undo: put the reference weights back into every touched parameter."""
+        for name in sorted(self.touched):
+            self._set(name, self.subspaces.reference.read(name))
+        self.touched.clear()
+        self.state = "reference"
+
+
+def describe(edit: Edit) -> dict[str, Any]:
+    """What a written checkpoint's note says about its edit."""
+    return {"edit": edit.name, **edit.options()}

@@ -1,0 +1,16 @@
+"""Figures 5 and 8: activation MSO against η over the depth band, uncentred and centred."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .... import plots
+from . import ReportData, figure
+
+
+@figure("activation_mso", position=5)
+def activation_mso(report: ReportData) -> list[Path | None]:
+    """Mode subspace overlap of activations."""
+    rows = report.tables.get("activation_overlap", [])
+    return [plots.activation_overlap_figure(rows, report.figures_dir / name, centered=centered)
+            for centered, name in ((False, "activation_mso.png"), (True, "activation_mso_centered.png"))]

@@ -1,0 +1,15 @@
+"""Figure 3: each paper table's metric against the rank fraction, with the Base, Aligned and FT levels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .... import plots
+from . import ReportData, figure
+
+
+@figure("metrics", position=3)
+def metrics(report: ReportData) -> list[Path | None]:
+    """Utility and harm against the rank fraction."""
+    return [plots.metric_figure(table, report.figures_dir / f"{table.metric}_{entry.finetune}_{entry.scheme}.png")
+            for table, (entry, _) in zip(report.paper, report.grid)]

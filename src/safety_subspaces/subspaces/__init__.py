@@ -1,0 +1,81 @@
+"""Subspace kinds of Δ_A/S and the alignment subspaces: per tensor, a frame from the cached spectrum and a seed.
+
+A kind is a registered function (spectrum, k, seed) -> frame: either `Columns` (columns of Δ_A/S's left singular
+vectors U, in U's order or a seeded order) or a dense m × k orthonormal tensor. The seed is derived from
+(study seed, tensor name, kind), so a tensor's subspace does not depend on which other tensors are visited; a kind
+orders its directions once per tensor and the frame for k is the first k of that order, so subspaces are nested
+across fractions. Adding a kind is one new module in this package (or a plugin, entry-point group
+`safety_subspaces.subspaces`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .. import linalg
+from ..checkpoints import Checkpoint
+from ..memo import TensorMemo
+from ..registry import Registry
+from ..runtime import stable_seed
+from ..spectra import Spectrum, SpectrumCache, difference
+
+SUBSPACES = Registry("subspace kind", "safety_subspaces.subspaces", __name__, context=("spectrum", "k", "seed"),
+                     flag="--subspaces")
+
+
+@dataclass(frozen=True)
+class Columns:
+    """A frame made of columns of U: its first k (order None: U's own order) or the columns order[:k]."""
+
+    order: torch.Tensor | None = None
+
+    def take(self, left: torch.Tensor, k: int) -> torch.Tensor:
+        """The first k columns of the frame."""
+        return left[:, :k] if self.order is None else left[:, self.order[:k]]
+
+
+def kind_frame(kind: str, spectrum: Spectrum, k: int, seed: int) -> torch.Tensor:
+    """The first k orthonormal columns of a kind's frame for one tensor's spectrum (on the spectrum's device)."""
+    if k > spectrum.rank:
+        raise ValueError(f"k = {k} exceeds the {spectrum.rank} available directions")
+    made = SUBSPACES.build(kind, "subspace kind", spectrum=spectrum, k=k, seed=seed)
+    frame = made.take(spectrum.left, k) if isinstance(made, Columns) else made
+    if tuple(frame.shape) != (spectrum.left.shape[0], k):
+        raise ValueError(f"subspace kind {kind!r} gave a frame of shape {tuple(frame.shape)}, not {(spectrum.left.shape[0], k)}")
+    return frame.to(spectrum.left.device)
+
+
+class AlignmentSubspaces:
+    """Per-tensor alignment subspaces of Δ = W_ref - W_0 (ref = aligned or safety-tuned), decomposed once (cached)."""
+
+    def __init__(self, base: Checkpoint, reference: Checkpoint, *, seed: int = 0, cache_root: Path | None = None,
+                 method: str = "auto", device: str = "cpu", keep_bytes: int = 0):
+        self.base, self.reference, self.seed, self.device = base, reference, seed, device
+        self.cache = SpectrumCache(reference, base, root=cache_root, method=method, device=device)
+        self._current: tuple[str, Spectrum] | None = None
+        self._kept = TensorMemo(keep_bytes)  # spectra kept in memory between uses (workers swapping many edits)
+
+    def delta_align(self, name: str) -> torch.Tensor:
+        """Δ_A/S of one tensor in float32."""
+        return difference(self.reference, self.base, name, device=self.device)
+
+    def spectrum(self, name: str, delta: torch.Tensor | None = None) -> Spectrum:
+        """The (disk-cached) spectrum of Δ_A/S for a tensor; in memory: the current tensor's, and up to keep_bytes more."""
+        if self._current is None or self._current[0] != name:
+            self._current = (name, self._kept.get(name, lambda: self.cache.get(name, delta)))
+        return self._current[1]
+
+    def rank(self, name: str, fraction: float) -> int:
+        """k for a rank fraction: max(1, round(fraction * r)), r = min(m, n), capped at Δ's numerical rank (0 when Δ = 0)."""
+        spectrum = self.spectrum(name)
+        return linalg.rank_from_fraction(fraction, spectrum.r, spectrum.rank)
+
+    def frame(self, name: str, kind: str, k: int) -> torch.Tensor:
+        """The first k columns of the subspace frame of a kind; seeded by (seed, tensor name, kind)."""
+        spectrum = self.spectrum(name)
+        local = dataclasses.replace(spectrum, left=spectrum.left.to(self.device))
+        return kind_frame(kind, local, k, stable_seed(self.seed, name, kind))
