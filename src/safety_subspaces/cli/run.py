@@ -57,9 +57,13 @@ def run(args: argparse.Namespace) -> int:
             json.dump(study_document(study), sys.stdout, indent=2)
             sys.stdout.write("\n")
         else:
+            from ..study.power import study_power_lines
+
             print(f"{path}: valid study {study.name!r}")
             for note in notes:
                 print(f"  not checked: {note}")  # what only `run` can fetch
+            for line in study_power_lines(study):
+                print(f"  power: {line}")
         return 0
     result = run_study(study, out, force=args.force, report=not args.no_report, device=args.device,
                        threads=args.threads)
