@@ -26,6 +26,7 @@ td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}td:first-child{t
 tr.ref td{background:#f4f4f4;text-align:center}tr.ref td:first-child{text-align:left}img{max-width:100%}figure{margin:1em 0}
 .note{color:#555;font-size:.9em}li{margin:.3em 0}.ci{color:#666;font-size:.8em}
 table.comparisons{font-size:.85em}tr.sig td{font-weight:600}
+figcaption{color:#444;font-size:.85em;max-width:1000px}
 """
 
 
@@ -90,12 +91,13 @@ def write_report(run_dir: Path) -> Path:
     return path
 
 
-def embed_png(path: Path | None) -> str:
-    """An <img> with the PNG inlined as a data URI (empty when there is no figure)."""
+def embed_png(path: Path | None, caption: str = "") -> str:
+    """A <figure> with the PNG inlined as a data URI and its caption (empty when there is no figure)."""
     if path is None or not Path(path).exists():
         return ""
     data = base64.b64encode(Path(path).read_bytes()).decode()
-    return f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(Path(path).stem)}'/></figure>"
+    text = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
+    return f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(Path(path).stem)}'/>{text}</figure>"
 
 
 def comparisons_html(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -125,7 +127,7 @@ def comparisons_html(rows: Sequence[Mapping[str, Any]]) -> str:
             f"<table class='comparisons'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
 
 
-def render(study: Study, paper: Sequence[PaperTable], sections: Sequence[tuple[str, Sequence[Path]]],
+def render(study: Study, paper: Sequence[PaperTable], sections: Sequence[tuple[str, Sequence[Path], str]],
            lines: Sequence[str], jobs: Sequence[Mapping[str, Any]],
            comparisons: Sequence[Mapping[str, Any]] = ()) -> str:
     """The HTML page."""
@@ -146,8 +148,10 @@ def render(study: Study, paper: Sequence[PaperTable], sections: Sequence[tuple[s
         + (f"; random kinds average {study.random_seeds} seeds" if study.random_seeds > 1 else "") + ".</p>",
         *[table_html(t) for t in paper],
         comparisons_html(comparisons),
-        *[part for heading, paths in sections for part in (f"<h2>{html.escape(heading)}</h2>", *map(embed_png, paths))],
-        "<p class='note'>Dashed lines: the random-subspace baseline max(k_a, k_b)/d. CSV files beside this report hold every number.</p>",
+        *[part for heading, paths, caption in sections if paths
+          for part in (f"<h2>{html.escape(heading)}</h2>", *(embed_png(p, caption) for p in paths))],
+        "<p class='note'>MSO figures: dashed, the random-subspace mean max(k_a, k_b)/d; dotted, its 95 % quantile. CSV "
+        "files beside this report hold every number (items.csv: every item's outcome; comparisons.csv).</p>",
         "</body></html>",
     ]
     return "\n".join(p for p in parts if p)
