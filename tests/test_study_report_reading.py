@@ -49,3 +49,20 @@ def test_mso_is_read_against_its_null_quantile_and_its_interval():
     line = overlap_reading(rows, "activations", key="pair")[0]
     assert "a vs b 0.30 [0.25, 0.35] (random 0.10, 95 % null quantile 0.20: above chance)" in line
     assert "a vs c 0.30 [0.15, 0.45] (random 0.10, 95 % null quantile 0.20: not clearly above chance)" in line
+
+
+def test_a_run_without_per_item_outcomes_says_it_has_no_intervals():
+    from safety_subspaces.study.config import parse_study
+    from safety_subspaces.study.report.reading import measured
+
+    study = parse_study({"name": "old", "models": {"base": "organism:base", "aligned": "organism:aligned"},
+                         "finetunes": {"harmful": "organism:harmful"},
+                         "projection": {"grid": [{"scheme": "parallel", "finetune": "harmful", "metrics": ["harm"]}]},
+                         "evaluation": {"harm": {"prompts": "organism:harmful_eval", "judge": "organism"}},
+                         "overlap": {"weights": None, "activations": None}})
+    rows = [{"model": "aligned", "variant": "reference", "metric_group": "harm", "metric": "harm_score", "n": 520,
+             "judge": "organism", "prompts": "organism:harmful_eval"}]
+    lines = measured(study, rows, has_items=False)
+    assert "judge organism on organism:harmful_eval, n = 520 prompts" in lines[0]
+    assert "one seed per random subspace kind" in lines[0] and "base = organism:base" in lines[0]
+    assert "stored no per-item outcomes" in lines[1] and "without intervals" in lines[1]
