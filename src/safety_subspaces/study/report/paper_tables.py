@@ -63,7 +63,8 @@ def value_of(rows: Sequence[Mapping[str, Any]], items: Sequence[Mapping[str, Any
                     number(first.get("ci_high")))
     values = [number(r["value"]) for r in found if number(r["value"]) is not None]
     mean = sum(values) / len(values) if values else None
-    where = {**match, "metric": first["metric"], **({"judge": first["judge"]} if first.get("judge") else {})}
+    where = {**match, "metric": first["metric"], "layer": first.get("layer"),
+             **({"judge": first["judge"]} if first.get("judge") else {})}
     if not select(items, where):
         return Cell(mean, int(first.get("n") or 0), seeds=len(seeds))
     side = outcomes(items, where)
