@@ -22,7 +22,7 @@ def test_a_supported_difference_is_stated_with_its_interval_and_holm_p():
 
 def test_an_interval_across_zero_reads_indistinguishable():
     lines = control_sentences("harm", [row("top_k vs controls", 0.01, -0.04, 0.06, 0.6)])
-    assert lines == ["  indistinguishable from random at equal energy kept (ϱ = 0.25: 95 % CI [-0.04, 0.06])."]
+    assert lines == ["  top_k is indistinguishable from random at equal energy kept (ϱ = 0.25: 95 % CI [-0.04, 0.06])."]
     # significant before correction, not after: still indistinguishable
     family = holm_adjust([row("f", 0.05, 0.001, 0.1, 0.03), row("f", 0.3, 0.1, 0.5, 0.02), row("f", 0, -1, 1, 0.5)])
     assert family[0]["p_holm"] == 0.06 and "indistinguishable" in control_sentences("harm", family[:1])[0]

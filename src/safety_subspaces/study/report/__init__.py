@@ -21,7 +21,8 @@ from .reading import reading
 
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0}caption{font-weight:600;text-align:left;padding:.3em 0}
+table{border-collapse:collapse;margin:1em 1.5em 1em 0;display:inline-table;vertical-align:top}
+table.comparisons{display:table}caption{font-weight:600;text-align:left;padding:.3em 0}
 td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}td:first-child{text-align:left}
 tr.ref td{background:#f4f4f4;text-align:center}tr.ref td:first-child{text-align:left}img{max-width:100%}figure{margin:1em 0}
 .note{color:#555;font-size:.9em}li{margin:.3em 0}.ci{color:#666;font-size:.8em}

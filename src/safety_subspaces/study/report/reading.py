@@ -66,7 +66,7 @@ def control_sentences(group: str, rows: Sequence[Mapping[str, Any]]) -> list[str
         quiet = [row for row in found if not significant(row)]
         if quiet:
             spans = "; ".join(f"{row['at'].split('(')[-1].rstrip(')')}: {ci(row)}" for row in quiet)
-            parts.append(f"indistinguishable from {kind} at equal energy kept ({spans})")
+            parts.append(f"top_k is indistinguishable from {kind} at equal energy kept ({spans})")
         if parts:
             out.append("  " + "; ".join(parts) + ".")
     return out
