@@ -20,6 +20,7 @@ def test_a_seeded_cell_is_the_mean_over_seeds_with_an_interval_over_items_and_se
     cell = value_of(rows, items, bootstrap=500, **{k: labels[k] for k in ("model", "variant", "scheme", "subspace",
                                                                           "fraction")})
     assert cell.seeds == 3 and cell.n == 40 and cell.value == pytest.approx(frames.mean())
+    assert cell.per_seed == pytest.approx(tuple(frames.mean(axis=1)))
     direct = stats.mean_interval(frames, bootstrap=500, seed=0)
     assert cell.low < cell.value < cell.high and cell.high - cell.low == pytest.approx(direct.high - direct.low, rel=0.3)
 

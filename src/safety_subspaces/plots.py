@@ -211,9 +211,9 @@ def draw_metric_panel(ax, table) -> None:
     """One paper table on one axes: each kind's value with its 95 % interval as error bars against ϱ (kinds offset a
     little so their bars do not hide each other), each reference level as a line with its interval shaded."""
     styles = line_styles([kind for kind, _ in table.subspaces])
-    spread = 0.012 * (len(table.subspaces) - 1)
+    width = 0.012 * (len(table.subspaces) - 1)
     for index, (kind, cells) in enumerate(table.subspaces):
-        offset = -spread / 2 + 0.012 * index
+        offset = -width / 2 + 0.012 * index
         points = [(f + offset, c) for f, c in zip(table.fractions, cells) if c.value is not None]
         if not points:
             continue
@@ -222,6 +222,9 @@ def draw_metric_panel(ax, table) -> None:
         errors = [[max(0.0, c.value - c.low) if c.low is not None else 0.0 for c in found],
                   [max(0.0, c.high - c.value) if c.high is not None else 0.0 for c in found]]
         seeds = max(c.seeds for c in found)
+        spread = [(x, v) for x, c in zip(xs, found) for v in c.per_seed]
+        if spread:  # each frame seed's own value, faint, beside the mean over seeds
+            ax.scatter(*zip(*spread), s=9, color=f"C{index % 10}", alpha=0.35, linewidths=0, zorder=2)
         ax.errorbar(xs, ys, yerr=errors, marker="o", markersize=3.5, linestyle=styles[kind], color=f"C{index % 10}",
                     capsize=2.5, linewidth=1.2, label=kind + (f" (mean of {seeds} seeds)" if seeds > 1 else ""),
                     zorder=3)
@@ -253,7 +256,7 @@ def metric_grid_figure(tables: Sequence, path: Path) -> Path | None:
     for ax, table in zip(axes, tables):
         draw_metric_panel(ax, table)
     figure.suptitle("Utility and harm of projected models against the rank fraction (error bars, shading: 95 % "
-                    "intervals)", fontsize=10.5)
+                    "intervals; faint dots: single random seeds)", fontsize=10.5)
     legend_outside(figure, axes)
     return save(figure, path)
 

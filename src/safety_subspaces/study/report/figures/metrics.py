@@ -14,7 +14,7 @@ def metrics(report: ReportData) -> Path | None:
 
     One panel per paper table (scheme, fine-tune, metric): each subspace kind's value at each rank fraction ϱ with its
     95 % interval over items as error bars (a seeded kind: the mean over its frame seeds, the interval over items and
-    seeds); kinds are drawn a little apart along ϱ so their bars stay visible. Horizontal lines: the reference models
+    seeds; faint dots: each frame seed's own value); kinds are drawn a little apart along ϱ so their bars stay visible. Horizontal lines: the reference models
     (Base wide and dotted beneath the others, so it shows where another level coincides with it; the reference model,
     W_S where the study names it, the fine-tune red), each with its interval shaded.
     """
