@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from safety_subspaces import stats
 from safety_subspaces.evaluate.comparisons import comparison_row, holm_adjust
 from safety_subspaces.study.report.comparisons import change_is_resolved
@@ -16,16 +18,19 @@ def row(family, estimate, low, high, p, *, statistic="share of change kept", b="
 
 def test_a_supported_difference_is_stated_with_its_interval_and_holm_p():
     lines = control_sentences("harm", [row("top_k vs controls", 0.12, 0.05, 0.19, 0.003)])
-    assert lines == ["  at ϱ = 0.25 top_k keeps 0.12 more of the harm score change than random at equal energy kept, "
-                     "95 % CI [0.05, 0.19], p = 0.003 (Holm)."]
+    assert lines == ["  top_k vs random at equal energy kept: top_k keeps 0.12 more of the harm score change than random "
+                     "at ϱ = 0.25 (95 % CI [0.05, 0.19], p = 0.003 (Holm))."]
 
 
 def test_an_interval_across_zero_reads_indistinguishable():
     lines = control_sentences("harm", [row("top_k vs controls", 0.01, -0.04, 0.06, 0.6)])
-    assert lines == ["  top_k is indistinguishable from random at equal energy kept (ϱ = 0.25: 95 % CI [-0.04, 0.06])."]
+    assert lines == ["  top_k vs random at equal energy kept: indistinguishable at ϱ = 0.25 (95 % CI [-0.04, 0.06])."]
     # significant before correction, not after: still indistinguishable
     family = holm_adjust([row("f", 0.05, 0.001, 0.1, 0.03), row("f", 0.3, 0.1, 0.5, 0.02), row("f", 0, -1, 1, 0.5)])
-    assert family[0]["p_holm"] == 0.06 and "indistinguishable" in control_sentences("harm", family[:1])[0]
+    assert family[0]["p_holm"] == pytest.approx(0.06)
+    assert control_sentences("harm", family[:1]) == [
+        "  top_k vs random at equal energy kept: indistinguishable at ϱ = 0.25 (95 % CI [0.00, 0.10], not significant "
+        "after Holm's correction)."]
 
 
 def test_a_change_below_the_resolution_is_too_small_to_compare():

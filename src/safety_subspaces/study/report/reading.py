@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 
 from ... import plots
 from ..config import Study
+from ...evaluate.comparisons import is_resolved
 from .comparisons import CHANGE, CONTROLS, SEPARATION, SHARE, change_is_resolved
 from .paper_tables import METRIC_NAMES, PaperTable, fmt
 
@@ -25,15 +26,34 @@ def ci(row: Mapping[str, Any], digits: int = 2) -> str:
 
 
 def p_text(row: Mapping[str, Any]) -> str:
-    """"p = 0.003 (Holm)"."""
+    """"p = 0.003 (Holm)" ("p < 0.001 (Holm)" below that)."""
     p = row.get("p_holm")
-    return f"p = {p:.3f} (Holm)" if p is not None else "p not computed"
+    if p is None:
+        return "p not computed"
+    return "p < 0.001 (Holm)" if p < 0.001 else f"p = {p:.3f} (Holm)"
 
 
 def significant(row: Mapping[str, Any], alpha: float = ALPHA) -> bool:
     """Whether a comparison holds after Holm's correction in its family."""
     p = row.get("p_holm")
     return p is not None and p < alpha
+
+
+def where(row: Mapping[str, Any]) -> str:
+    """Where a comparison is made, shortly ("ϱ = 0.25")."""
+    return str(row.get("at") or "").split("(")[-1].rstrip(")")
+
+
+def verdicts(rows: Sequence[Mapping[str, Any]], supported, quiet: str) -> str:
+    """Each supported row in words (supported(row) -> text), then the others as one `quiet` clause with their CIs;
+    a row whose interval excludes 0 but which fails Holm's correction says so."""
+    parts = [f"{supported(row)} at {where(row)} ({ci(row)}, {p_text(row)})" for row in rows if significant(row)]
+    rest = [row for row in rows if not significant(row)]
+    if rest:
+        parts.append(f"{quiet} at " + "; ".join(
+            f"{where(row)} ({ci(row)}" + (", not significant after Holm's correction" if is_resolved(row) else "")
+            + ")" for row in rest))
+    return "; ".join(parts)
 
 
 def change_sentence(title: str, group: str, row: Mapping[str, Any]) -> str:
@@ -56,34 +76,25 @@ def control_sentences(group: str, rows: Sequence[Mapping[str, Any]]) -> list[str
             by_kind[row["b"]].append(row)
     out = []
     for kind, found in by_kind.items():
-        parts = []
-        for row in found:
-            where = row["at"].split("(")[-1].rstrip(")")
-            if significant(row):
-                more = "more" if row["estimate"] > 0 else "less"
-                parts.append(f"at {where} top_k keeps {abs(row['estimate']):.2f} {more} of the {what} change than "
-                             f"{kind} at equal energy kept, {ci(row)}, {p_text(row)}")
-        quiet = [row for row in found if not significant(row)]
-        if quiet:
-            spans = "; ".join(f"{row['at'].split('(')[-1].rstrip(')')}: {ci(row)}" for row in quiet)
-            parts.append(f"top_k is indistinguishable from {kind} at equal energy kept ({spans})")
-        if parts:
-            out.append("  " + "; ".join(parts) + ".")
+        text = verdicts(found, lambda row: f"top_k keeps {abs(row['estimate']):.2f} "
+                        f"{'more' if row['estimate'] > 0 else 'less'} of the {what} change than {kind}",
+                        "indistinguishable")
+        out.append(f"  top_k vs {kind} at equal energy kept: {text}.")
     return out
 
 
 def separation_sentences(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """Harm against utility: does top_k keep more of one change than of the other beyond a control?"""
-    out = []
+    groups: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
     for row in rows:
-        where = f"{row['scheme']} projection, {row['finetune']}, {row['comparison'].split(':')[0]}, {row['at']}"
-        if significant(row):
-            which = "harm" if row["estimate"] > 0 else "utility"
-            out.append(f"Separation ({where}): top_k's extra share is {row['estimate']:+.2f} larger for {which} "
-                       f"than for the other ({ci(row)}, {p_text(row)}): these directions carry {which} more.")
-        else:
-            out.append(f"Separation ({where}): no difference between harm and utility shares ({ci(row)}): the same "
-                       "directions carry both, as far as these items resolve.")
+        groups[(row["scheme"], row["finetune"], row["comparison"].split(":")[0])].append(row)
+    out = []
+    for (scheme, finetune, comparison), found in groups.items():
+        text = verdicts(found, lambda row: f"top_k's extra share is larger for "
+                        f"{'harm' if row['estimate'] > 0 else 'utility'} by {abs(row['estimate']):.2f}",
+                        "no difference between the harm and utility shares")
+        out.append(f"Separation ({scheme} projection, {finetune}, {comparison} at equal energy kept): {text}. A "
+                   "subspace that held safety apart would keep much more of the harm change than of the utility one.")
     return out
 
 
