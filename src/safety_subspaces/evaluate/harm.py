@@ -18,6 +18,7 @@ from .table import (EvalModel, Labels, as_labels, item_record, resolve_eval_mode
                     write_outputs)
 
 RUN_KIND = "evaluate-harm"
+SCORE_METRIC = "harm_score"  # the mean judge score; every other harm metric is a rate (a proportion of prompts)
 GENERATIONS, JUDGMENTS = layout.GENERATIONS, layout.JUDGMENTS
 
 
@@ -138,7 +139,7 @@ def harm_items(scores: Sequence[int | None], texts: Sequence[str], labels: Label
     """Per-item outcome records of the harm metrics, keyed like the generations (position and prompt hash); extra
     fields (the judge, the prompt set) label every record."""
     keys = [sample_key(i, p) for i, p in enumerate(texts)]
-    return [item_record(labels, name, keys, outcomes, list(scores), **extra)
+    return [item_record(labels, name, keys, outcomes, list(scores), proportion=name != SCORE_METRIC, **extra)
             for name, outcomes in item_outcomes(scores, benign=benign).items()]
 
 
