@@ -11,7 +11,7 @@ import struct
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -55,6 +55,11 @@ def layer_index(name: str) -> int | None:
     """The decoder block index in a tensor name (model.layers.7.mlp... -> 7), None outside blocks."""
     match = LAYER_PATTERN.search(name)
     return int(match.group(1)) if match else None
+
+
+def is_decoder_matrix(name: str, shape: Sequence[int]) -> bool:
+    """Whether a tensor is a 2-D weight inside a decoder block (a defence's default modules)."""
+    return len(shape) == 2 and layer_index(name) is not None
 
 
 @dataclass(frozen=True)
