@@ -15,7 +15,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import torch
 
@@ -183,9 +183,10 @@ def tokenizer_files(directory: Path) -> list[Path]:
 
 
 def write_adapter(out: Path, adapter: LoraAdapter, factors: Iterable[tuple[str, tuple[torch.Tensor, torch.Tensor]]], *,
-                  tokenizer_from: Path, extra_files: Mapping[str, str] | None = None) -> Path:
+                  tokenizer_from: Path, extra_files: Mapping[str, str | Callable[[], str]] | None = None) -> Path:
     """Write an adapter like `adapter` with new (B, A) per adapted weight, atomically: its config, its tokenizer files
-    (or those of tokenizer_from when it has none) and extra files; loadable by PEFT onto the same reference."""
+    (or those of tokenizer_from when it has none) and extra files (a callable's text is asked once the weights are
+    written); loadable by PEFT onto the same reference."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"output directory {out} exists and is not empty")
@@ -203,5 +204,5 @@ def write_adapter(out: Path, adapter: LoraAdapter, factors: Iterable[tuple[str, 
         for path in tokenizer_files(adapter.path) or tokenizer_files(tokenizer_from):
             shutil.copyfile(path, stage / path.name)
         for name, text in (extra_files or {}).items():
-            (stage / name).write_text(text, encoding="utf-8")
+            (stage / name).write_text(text() if callable(text) else text, encoding="utf-8")
     return out
