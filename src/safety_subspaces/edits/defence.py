@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
 from .. import defence_math, linalg
 from ..checkpoints import is_decoder_matrix, layer_index
@@ -21,11 +21,10 @@ if TYPE_CHECKING:
     import torch
 
 
-def defence_modules(inputs: EditInputs, names: Sequence[str], pattern: str | None, where: str) -> list[str]:
+def select_modules(infos: Mapping[str, Any], names: Sequence[str], targets: Sequence[str] | None, pattern: str | None,
+                   where: str) -> list[str]:
     """A defence's modules among names: the adapter's targets (or every 2-D tensor inside decoder blocks), or the 2-D
-    tensors matching pattern (among the targets, for an adapter)."""
-    infos = inputs.reference.infos
-    targets = inputs.adapter_targets
+    tensors matching pattern (among the targets, for an adapter); a UserError naming where when none is left."""
     candidates = [n for n in names if len(infos[n].shape) == 2 and (targets is None or n in targets)]
     if pattern is None:
         chosen = candidates if targets is not None else [n for n in candidates if is_decoder_matrix(n, infos[n].shape)]
@@ -39,6 +38,11 @@ def defence_modules(inputs: EditInputs, names: Sequence[str], pattern: str | Non
         what = f"matches no 2-D {'adapted ' if targets is not None else ''}tensor" if pattern else "found no module"
         raise UserError(f"{where}: modules {pattern or 'default'} {what}")
     return chosen
+
+
+def defence_modules(inputs: EditInputs, names: Sequence[str], pattern: str | None, where: str) -> list[str]:
+    """A defence's modules among names, for the fine-tune EditInputs holds (see select_modules)."""
+    return select_modules(inputs.reference.infos, names, inputs.adapter_targets, pattern, where)
 
 
 def module_record(name: str, cosine: float | None, edited: bool, kept: float | None, total: float) -> dict[str, Any]:

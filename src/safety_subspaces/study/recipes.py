@@ -29,8 +29,12 @@ def split_recipe(recipe: Mapping[str, Any], where: str):
     return recipe["data"], options, validated
 
 
-def run_recipe(role: str, recipe: Mapping[str, Any], start: str, out: Path, *, allow_pickle: bool = False) -> Path:
-    """Fine-tune `start` by the recipe into out (reused when a finished checkpoint is already there)."""
+def run_recipe(role: str, recipe: Mapping[str, Any], start: str, out: Path, *, allow_pickle: bool = False,
+               base: str | None = None, seed: int = 0) -> Path:
+    """Fine-tune `start` by the recipe into out (reused when a finished checkpoint is already there).
+
+    A recipe's `constraint` (asft) reads Δ = start − base; its random-subspace controls are seeded by the study seed.
+    """
     from ..data import load_training_data
     from ..finetune import MANIFEST, finetune
 
@@ -39,5 +43,6 @@ def run_recipe(role: str, recipe: Mapping[str, Any], start: str, out: Path, *, a
         return out
     data, options, validated = split_recipe(recipe, f"{role}.recipe")
     records, info = load_training_data(data, seed=validated.seed, method=validated.method, **options)
-    finetune(start, records, out, validated, data=info, name=role, allow_pickle=allow_pickle)
+    finetune(start, records, out, validated, data=info, name=role, allow_pickle=allow_pickle, base=base,
+             subspace_seed=seed)
     return out

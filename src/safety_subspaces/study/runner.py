@@ -91,7 +91,8 @@ def run_recipes(study: Study, run_dir: Path, paths: dict[str, str]) -> dict[str,
     for role, source in model_roles(study):
         if source.recipe is not None:
             paths[role] = str(run_recipe(role, source.recipe, paths[start_of(study, role, source)],
-                                         run_dir / layout.MODELS / role, allow_pickle=study.allow_pickle))
+                                         run_dir / layout.MODELS / role, allow_pickle=study.allow_pickle,
+                                         base=paths.get("base"), seed=study.seed))
     return paths
 
 
