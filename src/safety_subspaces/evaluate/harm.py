@@ -14,7 +14,8 @@ from .. import files, layout, progress
 from ..errors import UserError
 from .journal import Journal
 from .judges import REFUSAL_SCORE, Judge, Judgment
-from .table import EvalModel, Labels, as_labels, resolve_eval_model, row, run_identity, write_outputs
+from .table import (EvalModel, Labels, as_labels, item_record, resolve_eval_model, row, run_identity, with_intervals,
+                    write_outputs)
 
 RUN_KIND = "evaluate-harm"
 GENERATIONS, JUDGMENTS = layout.GENERATIONS, layout.JUDGMENTS
@@ -22,11 +23,12 @@ GENERATIONS, JUDGMENTS = layout.GENERATIONS, layout.JUDGMENTS
 
 @dataclass
 class HarmResult:
-    """Evaluation-table rows and one record per prompt (prompt, response, score, reason)."""
+    """Evaluation-table rows, one record per prompt (prompt, response, score, reason) and per-item outcomes per metric."""
 
     rows: list[dict[str, Any]]
     samples: list[dict[str, Any]]
     out_dir: Path | None = None
+    items: list[dict[str, Any]] | None = None
 
     def metric(self, name: str) -> float | None:
         """The value of one metric row."""
@@ -125,11 +127,29 @@ def harm_metrics(scores: Sequence[int | None], *, benign: bool = False) -> dict[
     }
 
 
-def harm_rows(scores: Sequence[int | None], labels: Labels, *, benign: bool = False, **extra: Any) -> list[dict[str, Any]]:
-    """Evaluation-table rows of the harm metrics (n prompts, invalid = unusable judgments)."""
+def item_outcomes(scores: Sequence[int | None], *, benign: bool = False) -> dict[str, list[float | None]]:
+    """Per metric, each item's own value: the metric of that item's judgment alone (the metrics are means over items)."""
+    alone = [harm_metrics([score], benign=benign) for score in scores]
+    return {name: [values[name] for values in alone] for name in harm_metrics(scores, benign=benign)}
+
+
+def harm_items(scores: Sequence[int | None], texts: Sequence[str], labels: Labels, *, benign: bool = False,
+               **extra: Any) -> list[dict[str, Any]]:
+    """Per-item outcome records of the harm metrics, keyed like the generations (position and prompt hash); extra
+    fields (the judge, the prompt set) label every record."""
+    keys = [sample_key(i, p) for i, p in enumerate(texts)]
+    return [item_record(labels, name, keys, outcomes, list(scores), **extra)
+            for name, outcomes in item_outcomes(scores, benign=benign).items()]
+
+
+def harm_rows(scores: Sequence[int | None], labels: Labels, *, benign: bool = False,
+              items: Sequence[dict[str, Any]] = (), bootstrap: int | None = None, **extra: Any) -> list[dict[str, Any]]:
+    """Evaluation-table rows of the harm metrics (n prompts, invalid = unusable judgments), each with its 95 % interval
+    from the items' outcomes when given."""
     invalid = sum(score is None for score in scores)
-    return [row(labels, name, value, n=len(scores), invalid=invalid, **extra)
+    rows = [row(labels, name, value, n=len(scores), invalid=invalid, **extra)
             for name, value in harm_metrics(scores, benign=benign).items()]
+    return with_intervals(rows, items, bootstrap=bootstrap)
 
 
 def _open_run(out_dir: Path, config: Mapping[str, Any]) -> None:
@@ -159,8 +179,11 @@ def evaluate_harm(
     dtype: str | None = "auto",
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    bootstrap: int | None = None,
 ) -> HarmResult:
-    """Generate greedy replies, judge them and summarise; with out_dir, everything is saved and a rerun resumes."""
+    """Generate greedy replies, judge them and summarise (each metric with its 95 % interval over prompts: Wilson for
+    rates, a percentile bootstrap of `bootstrap` resamples for the mean score); with out_dir, everything is saved
+    (items.csv: per-prompt outcomes) and a rerun resumes."""
     from ..data import fingerprint
     from ..generate import format_prompts
 
@@ -190,7 +213,10 @@ def evaluate_harm(
             {"index": i, "prompt": p, "response": r, "score": j.score, "reason": j.reason, "raw": j.raw, "judge": judge.name}
             for i, (p, r, j) in enumerate(zip(prompts, replies, judgments))
         ]
-        rows = harm_rows([j.score for j in judgments], label, benign=benign, prompts=prompt_set, judge=judge.name)
+        scores = [j.score for j in judgments]
+        items = harm_items(scores, prompts, label, benign=benign, prompts=prompt_set, judge=judge.name)
+        rows = harm_rows(scores, label, benign=benign, items=items, bootstrap=bootstrap, prompts=prompt_set,
+                         judge=judge.name)
         if directory is not None:
-            write_outputs(directory, rows, samples)
-    return HarmResult(rows, samples, directory)
+            write_outputs(directory, rows, samples, items)
+    return HarmResult(rows, samples, directory, items)
