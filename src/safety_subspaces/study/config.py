@@ -147,6 +147,83 @@ def paper_grid() -> list[GridEntry]:
     ]
 
 
+DEFAULT_CONTROLS = ("random_k", "random")
+DEFENCE_KEYS = ("name", "finetunes", "metrics", "controls", "reads")
+
+
+@dataclass
+class DefenceEntry:
+    """A published post-hoc defence (a registered edit: safe_lora, safemerge, resta) on some fine-tunes, with controls.
+
+    Every key besides name, finetunes, metrics, controls and reads is an option of the edit. Each fine-tune is
+    evaluated defended as published (the edit's own `subspace`, top_k by default) and once per control, the same
+    defence with `subspace` replaced by a subspace kind that keeps Σ (default random_k and random; none for an edit
+    without a subspace, such as resta). `reads` names, per checkpoint the edit reads, the study model that is that
+    checkpoint (resta's harmful defaults to the fine-tune called harmful).
+    """
+
+    name: str
+    finetunes: list[str]
+    options: dict[str, Any] = field(default_factory=dict)
+    metrics: list[Metric] = field(default_factory=lambda: ["utility", "harm"])
+    controls: list[SubspaceKind] | None = None  # type: ignore[valid-type]
+    reads: dict[str, str] = field(default_factory=dict)
+
+    @staticmethod
+    def coerce(value: Any, where: str) -> Any:
+        """The edit's options are the entry's other keys; a transform or constraint is pointed to where it runs."""
+        if not isinstance(value, dict):
+            return value
+        name = value.get("name")
+        if isinstance(name, str) and name not in EDITS:
+            from ..finetune.constraints import CONSTRAINTS
+            from ..transforms import TRANSFORMS
+
+            if name in TRANSFORMS:
+                raise UserError(f"{_key(where, 'name')}: {name} changes the reference before fine-tuning; in a study "
+                                f"run `defend {name}` and fine-tune its output by recipes (finetunes: ...); a defence "
+                                "entry takes post-hoc edits only")
+            if name in CONSTRAINTS:
+                raise UserError(f"{_key(where, 'name')}: {name} acts during fine-tuning: give a fine-tune whose recipe "
+                                f"has constraint: {name}, then compare it with the unconstrained fine-tune")
+        given = value.get("options") or {}  # the stored form (config.yaml) holds them under options
+        if not isinstance(given, dict):
+            raise UserError(f"{_key(where, 'options')}: expected a mapping of the defence's options")
+        options = {**given, **{key: item for key, item in value.items() if key not in (*DEFENCE_KEYS, "options")}}
+        return {**{key: item for key, item in value.items() if key in DEFENCE_KEYS}, "options": options}
+
+    def check(self, where: str) -> None:
+        """A registered edit whose options hold up; controls only for an edit built on a subspace."""
+        self.name = EDITS.canonical(self.name, _key(where, "name"))
+        self.options = EDITS.options(self.name, self.options, where, partial=True)
+        entry = EDITS.get(self.name)
+        if self.controls is None:
+            self.controls = list(DEFAULT_CONTROLS) if entry.accepts("subspace") else []
+        if self.controls and not entry.accepts("subspace"):
+            raise UserError(f"{_key(where, 'controls')}: {self.name} has no subspace option, so no subspace control")
+        if not self.finetunes:
+            raise UserError(f"{_key(where, 'finetunes')}: give at least one fine-tune")
+        for name, what in entry.factory.reads.items() if hasattr(entry.factory, "reads") else ():
+            if name not in self.reads and name != "harmful":
+                raise UserError(f"{_key(where, 'reads')}: {self.name} reads {name} ({what}); name the study model, "
+                                f"e.g. reads: {{{name}: MODEL}}")
+
+    def published(self) -> Spec:
+        """The defence as configured (its own subspace, top_k by default)."""
+        return Spec(self.name, dict(self.options))
+
+    def variants(self) -> list[tuple[str, Spec]]:
+        """('defence', the published spec) and ('control', the spec on each control's subspace kind)."""
+        published = self.published()
+        return [("defence", published), *(("control", published.with_options(subspace=kind))
+                                           for kind in self.controls or [])]
+
+    def read_roles(self) -> dict[str, str]:
+        """Per checkpoint the edit reads, the study model role that is it."""
+        reads = getattr(EDITS.get(self.name).factory, "reads", {})
+        return {name: self.reads.get(name, "harmful" if name == "harmful" else name) for name in reads}
+
+
 class _SvdMethods:
     """Annotated[str, ...] checker: analyses.common.check_svd_method."""
 
@@ -317,6 +394,7 @@ class Study:
     evaluation: Evaluation = field(default_factory=Evaluation)
     overlap: Overlap = field(default_factory=Overlap)
     analyses: list[AnalysisSpec] = field(default_factory=list)  # more registered analyses  # type: ignore[valid-type]
+    defences: list[DefenceEntry] = field(default_factory=list)  # published post-hoc defences and their controls
     executor: ExecutorSpec = field(default_factory=lambda: Spec(DEFAULT_EXECUTOR))  # type: ignore[valid-type]
     inference: Inference = field(default_factory=Inference)
     device: str = "auto"
@@ -370,11 +448,23 @@ class Study:
                     raise UserError(f"overlap.activations.models[{i}]: {name!r} is not a model; use {', '.join(sorted(roles))}")
         for i, spec in enumerate(self.analyses):
             check_analysis(spec, f"analyses[{i}]")
+        for i, defence in enumerate(self.defences):
+            for j, name in enumerate(defence.finetunes):
+                if name not in self.finetunes:
+                    raise UserError(f"defences[{i}].finetunes[{j}]: {name!r} is not a fine-tune; known: {', '.join(known)}")
+            for metric in defence.metrics:
+                if getattr(self.evaluation, metric) is None:
+                    raise UserError(f"defences[{i}].metrics: {metric!r} needs evaluation.{metric}")
+            for read, role in defence.read_roles().items():
+                if role not in roles:
+                    raise UserError(f"defences[{i}].reads.{read}: {role!r} is not a model; use {', '.join(sorted(roles))}")
+                if role in defence.finetunes:
+                    raise UserError(f"defences[{i}].reads.{read}: {role!r} is also a fine-tune it defends")
         check_executor(self.executor, "executor")
         if isinstance(self.projection.layers, list) and not self.projection.layers:
             raise UserError("projection.layers: an empty list selects nothing; use all, each, or layer indices")
         if not self.projection.grid and self.overlap.weights is None and self.overlap.activations is None \
-                and not self.projection.energy and not self.analyses:
+                and not self.projection.energy and not self.analyses and not self.defences:
             raise UserError("the study has no jobs: the projection grid is empty and no overlap, energy or other analysis "
                             "is asked for")
         if self.evaluation.benign is not None and self.evaluation.harm is None:

@@ -81,6 +81,14 @@ class Evaluate(JobKind):
         """The evaluation table and the per-item outcomes behind it."""
         return [EVALUATION.name, ITEMS.name]
 
+    def labels(self, spec: EvaluateSpec) -> dict[str, Any]:
+        """Evaluation-table labels of the job's model variant."""
+        return labels(spec)
+
+    def swap_in(self, worker: "Worker", spec: EvaluateSpec) -> tuple[Any, Any, dict[str, Any]]:
+        """Put the variant into the resident model: (model, tokenizer, extra row fields)."""
+        return (*swap_in(worker, spec), {})
+
     def run(self, worker: "Worker", job: Job) -> "Rows":
         """Evaluate the variant on each metric; the resident model is restored afterwards.
 
@@ -98,7 +106,8 @@ class Evaluate(JobKind):
             extra["seed"] = spec.seed  # the frame seed of a random subspace kind (one of random_seeds)
         if spec.edit is not None and set(spec.edit.options) - set(LABELLED_OPTIONS):
             extra["edit_options"] = {k: v for k, v in spec.edit.options.items() if k not in LABELLED_OPTIONS}
-        model, tokenizer = swap_in(worker, spec)
+        model, tokenizer, more = self.swap_in(worker, spec)
+        extra.update(more)
         rows: list[dict[str, Any]] = []
         items: list[dict[str, Any]] = []
         try:
@@ -108,7 +117,7 @@ class Evaluate(JobKind):
                     result = evaluate_utility(
                         model, tokenizer, task=utility.task, num_fewshot=utility.num_fewshot, limit=utility.limit,
                         batch_size=utility.batch_size, chat=utility.chat, data_files=utility.data_files,
-                        max_gen_toks=utility.max_gen_toks, labels=labels(spec),
+                        max_gen_toks=utility.max_gen_toks, labels=self.labels(spec),
                     )
                     rows.extend({**row, "metric_group": "utility", "task": utility.task} for row in result.rows)
                     items.extend({**record, "metric_group": "utility"} for record in result.items)
@@ -122,7 +131,7 @@ class Evaluate(JobKind):
                     model, tokenizer, prompts=load_harm_prompts(prompts_from.prompts, limit=prompts_from.limit),
                     judge=worker.judge(harm.judge, harm.batch_size), chat=harm.chat,
                     max_new_tokens=harm.max_new_tokens, batch_size=harm.batch_size, benign=benign,
-                    prompt_set=prompts_from.prompts, labels=labels(spec),
+                    prompt_set=prompts_from.prompts, labels=self.labels(spec),
                     out_dir=worker.run_dir / layout.SAMPLES / job.id / metric,
                 )
                 rows.extend({**row, "metric_group": metric} for row in result.rows)

@@ -84,7 +84,9 @@ def write_report(run_dir: Path) -> Path:
     sections = draw_figures(ReportData(run_dir, study, tables, paper, jobs))
     lines = reading(paper, tables["energy"], tables["weight_overlap"], tables["activation_overlap"], study)
     path = run_dir / layout.REPORT
-    atomic_write_text(path, render(study, paper, sections, lines, jobs))
+    from .defences import defences_html
+
+    atomic_write_text(path, render(study, paper, sections, lines, jobs, defences_html(tables, study, comparisons)))
     return path
 
 
@@ -97,7 +99,7 @@ def embed_png(path: Path | None) -> str:
 
 
 def render(study: Study, paper: Sequence[PaperTable], sections: Sequence[tuple[str, Sequence[Path]]],
-           lines: Sequence[str], jobs: Sequence[Mapping[str, Any]]) -> str:
+           lines: Sequence[str], jobs: Sequence[Mapping[str, Any]], defences: str = "") -> str:
     """The HTML page."""
     done = sum(j["status"] == "done" for j in jobs)
     failed = [j for j in jobs if j["status"] == "failed"]
@@ -113,6 +115,7 @@ def render(study: Study, paper: Sequence[PaperTable], sections: Sequence[tuple[s
         "<h2>Tables</h2><p class='note'>Reference rows (Base, Aligned, FT) hold one value; projected rows keep the fine-tune's "
         "update projected onto (parallel) or away from (orthogonal) a subspace of the alignment update, at rank fraction ϱ.</p>",
         *[table_html(t) for t in paper],
+        defences,
         *[part for heading, paths in sections for part in (f"<h2>{html.escape(heading)}</h2>", *map(embed_png, paths))],
         "<p class='note'>Dashed lines: the random-subspace baseline max(k_a, k_b)/d. CSV files beside this report hold every number.</p>",
         "</body></html>",

@@ -146,6 +146,9 @@ def study_comparisons(tables: Mapping[str, Sequence[Mapping[str, Any]]], study: 
                             CONTROLS, f"{BASELINE} − {kind}", result, a=BASELINE, b=kind,
                             at=f"energy kept {target:.3f} (ϱ = {fraction:g})",
                             statistic=SHARE if resolved else DIFFERENCE, **labels))
+    from .defences import defence_comparisons
+
+    rows.extend(defence_comparisons(tables, study))
     return holm_adjust(rows, by="family")
 
 
