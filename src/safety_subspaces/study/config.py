@@ -153,13 +153,16 @@ DEFENCE_KEYS = ("name", "finetunes", "metrics", "controls", "reads")
 
 @dataclass
 class DefenceEntry:
-    """A published post-hoc defence (a registered edit: safe_lora, safemerge, resta) on some fine-tunes, with controls.
+    """A published defence on some fine-tunes, with its random-subspace controls.
 
-    Every key besides name, finetunes, metrics, controls and reads is an option of the edit. Each fine-tune is
-    evaluated defended as published (the edit's own `subspace`, top_k by default) and once per control, the same
-    defence with `subspace` replaced by a subspace kind that keeps Σ (default random_k and random; none for an edit
-    without a subspace, such as resta). `reads` names, per checkpoint the edit reads, the study model that is that
-    checkpoint (resta's harmful defaults to the fine-tune called harmful).
+    name is a registered edit (post-hoc: safe_lora, safemerge, resta; applied in memory to each fine-tune), transform
+    (lox: W_A' written into the run directory, then each fine-tune's recipe run from it) or constraint (asft: each
+    fine-tune's recipe run with the constraint); the last two need fine-tunes made by recipes from the reference.
+    Every key besides name, finetunes, metrics, controls and reads is an option of the defence. Each fine-tune is
+    evaluated defended as published (its own `subspace`, top_k by default) and once per control, the same defence
+    with `subspace` replaced by a subspace kind that keeps Σ (default random_k and random; none for a defence without
+    a subspace, such as resta). `reads` names, per checkpoint an edit reads, the study model that is that checkpoint
+    (resta's harmful defaults to the fine-tune called harmful).
     """
 
     name: str
@@ -174,36 +177,47 @@ class DefenceEntry:
         """The edit's options are the entry's other keys; a transform or constraint is pointed to where it runs."""
         if not isinstance(value, dict):
             return value
-        name = value.get("name")
-        if isinstance(name, str) and name not in EDITS:
-            from ..finetune.constraints import CONSTRAINTS
-            from ..transforms import TRANSFORMS
-
-            if name in TRANSFORMS:
-                raise UserError(f"{_key(where, 'name')}: {name} changes the reference before fine-tuning; in a study "
-                                f"run `defend {name}` and fine-tune its output by recipes (finetunes: ...); a defence "
-                                "entry takes post-hoc edits only")
-            if name in CONSTRAINTS:
-                raise UserError(f"{_key(where, 'name')}: {name} acts during fine-tuning: give a fine-tune whose recipe "
-                                f"has constraint: {name}, then compare it with the unconstrained fine-tune")
         given = value.get("options") or {}  # the stored form (config.yaml) holds them under options
         if not isinstance(given, dict):
             raise UserError(f"{_key(where, 'options')}: expected a mapping of the defence's options")
         options = {**given, **{key: item for key, item in value.items() if key not in (*DEFENCE_KEYS, "options")}}
         return {**{key: item for key, item in value.items() if key in DEFENCE_KEYS}, "options": options}
 
+    @property
+    def kind(self) -> str:
+        """edit (post-hoc, applied in memory), transform (lox: W_A' fine-tuned by the recipes) or constraint (asft)."""
+        from ..defend import defence_kind
+
+        return defence_kind(self.name, "defence")
+
+    def registry(self) -> Any:
+        """The registry the defence is registered in."""
+        from ..defend import registries
+
+        return registries()[self.kind]
+
+    def takes_subspace(self) -> bool:
+        """Whether the defence has a subspace option (and so controls)."""
+        return self.registry().get(self.name).accepts("subspace")
+
     def check(self, where: str) -> None:
-        """A registered edit whose options hold up; controls only for an edit built on a subspace."""
-        self.name = EDITS.canonical(self.name, _key(where, "name"))
-        self.options = EDITS.options(self.name, self.options, where, partial=True)
-        entry = EDITS.get(self.name)
+        """A registered defence whose options hold up; controls only for one built on a subspace."""
+        from ..defend import defence_kind
+
+        kind = defence_kind(self.name, _key(where, "name"))
+        registry = self.registry()
+        self.name = registry.canonical(self.name, _key(where, "name"))
+        self.options = registry.options(self.name, self.options, where, partial=True)
         if self.controls is None:
-            self.controls = list(DEFAULT_CONTROLS) if entry.accepts("subspace") else []
-        if self.controls and not entry.accepts("subspace"):
+            self.controls = list(DEFAULT_CONTROLS) if self.takes_subspace() else []
+        if self.controls and not self.takes_subspace():
             raise UserError(f"{_key(where, 'controls')}: {self.name} has no subspace option, so no subspace control")
         if not self.finetunes:
             raise UserError(f"{_key(where, 'finetunes')}: give at least one fine-tune")
-        for name, what in entry.factory.reads.items() if hasattr(entry.factory, "reads") else ():
+        if kind != "edit" and self.reads:
+            raise UserError(f"{_key(where, 'reads')}: {self.name} reads no other model")
+        reads = getattr(registry.get(self.name).factory, "reads", {}) if kind == "edit" else {}
+        for name, what in reads.items():
             if name not in self.reads and name != "harmful":
                 raise UserError(f"{_key(where, 'reads')}: {self.name} reads {name} ({what}); name the study model, "
                                 f"e.g. reads: {{{name}: MODEL}}")
@@ -220,7 +234,7 @@ class DefenceEntry:
 
     def read_roles(self) -> dict[str, str]:
         """Per checkpoint the edit reads, the study model role that is it."""
-        reads = getattr(EDITS.get(self.name).factory, "reads", {})
+        reads = getattr(self.registry().get(self.name).factory, "reads", {}) if self.kind == "edit" else {}
         return {name: self.reads.get(name, "harmful" if name == "harmful" else name) for name in reads}
 
 
@@ -455,6 +469,16 @@ class Study:
             for metric in defence.metrics:
                 if getattr(self.evaluation, metric) is None:
                     raise UserError(f"defences[{i}].metrics: {metric!r} needs evaluation.{metric}")
+            if defence.kind != "edit":
+                for j, name in enumerate(defence.finetunes):
+                    source = self.finetunes.get(name)
+                    if source is not None and source.recipe is None:
+                        raise UserError(f"defences[{i}].finetunes[{j}]: {defence.name} acts before or during "
+                                        f"fine-tuning, so it needs {name!r} made by a recipe (finetunes.{name}.recipe);"
+                                        f" {name!r} is a given checkpoint")
+                    if source is not None and source.recipe.get("from", self.reference) != self.reference:
+                        raise UserError(f"defences[{i}].finetunes[{j}]: {defence.name} defends fine-tunes of the "
+                                        f"reference; finetunes.{name}.recipe.from is {source.recipe['from']!r}")
             for read, role in defence.read_roles().items():
                 if role not in roles:
                     raise UserError(f"defences[{i}].reads.{read}: {role!r} is not a model; use {', '.join(sorted(roles))}")

@@ -87,8 +87,16 @@ def grid_edits(study: Study, entry: GridEntry) -> list[Spec]:
 
 def defence_jobs(study: Study, fingerprints: Mapping[str, str]) -> list[Job]:
     """Every defence entry x fine-tune x variant (published, then each control; a seeded control per frame seed)."""
+    from .recipes import trained_defences
+
     jobs = []
+    for entry, finetune, role, kind, made in trained_defences(study):  # lox, asft: the models they made
+        spec = DefenceSpec(finetune, list(entry.metrics), evaluation_settings(study, list(entry.metrics)), role=role,
+                           scheme=entry.name, subspace=kind, trained=made)
+        jobs.append(make_job("defence", spec, fingerprints, ["base", study.reference, made]))
     for entry in study.defences:
+        if entry.kind != "edit":
+            continue
         others = entry.read_roles()
         for finetune in entry.finetunes:
             for role, edit in entry.variants():

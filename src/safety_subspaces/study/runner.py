@@ -126,6 +126,9 @@ def materialised(study: Study, resolved: CheckedInputs, out: Path, *, force: boo
         store = Store(run_dir / layout.STORE)
         try:
             paths = run_recipes(study, run_dir, resolved.paths)
+            from .recipes import run_defence_recipes
+
+            paths = run_defence_recipes(study, run_dir, paths)
             made = {role: path for role, path in paths.items() if role not in inputs}
             yield Materialised(run_dir, store, paths, {**inputs, **fingerprint(study, made)})
         finally:

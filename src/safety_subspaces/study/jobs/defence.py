@@ -25,6 +25,9 @@ class DefenceSpec(EvaluateSpec):
 
     role: Literal["defence", "control"] = "defence"
     others: dict[str, str] = field(default_factory=dict)  # checkpoint the edit reads -> study model role
+    scheme: str = ""  # a training-time defence (edit None): its name
+    subspace: str = ""  # ... and its subspace kind
+    trained: str | None = None  # ... and the model role it made (the fine-tune trained with or after the defence)
 
 
 @JOB_KINDS.register("defence")
@@ -35,11 +38,14 @@ class Defence(Evaluate):
 
     def label(self, spec: DefenceSpec) -> str:
         """The fine-tune, the defence and its subspace."""
-        subspace = spec.edit.options.get("subspace")
-        return f"{spec.model} {spec.edit.name}" + (f" on {subspace}" if subspace else "") + f" ({spec.role})"
+        name, subspace = (spec.edit.name, spec.edit.options.get("subspace")) if spec.edit else (spec.scheme, spec.subspace)
+        return f"{spec.model} {name}" + (f" on {subspace}" if subspace else "") + f" ({spec.role})"
 
     def labels(self, spec: DefenceSpec) -> dict[str, Any]:  # type: ignore[override]
         """variant defence or control, scheme the defence's name, subspace its kind (top_k by default)."""
+        if spec.edit is None:
+            return {"model": spec.model, "variant": spec.role, "subspace": spec.subspace, "scheme": spec.scheme,
+                    "fraction": None}
         options = spec.edit.options
         subspace = options.get("subspace", "top_k" if _takes_subspace(spec.edit.name) else "")
         return {"model": spec.model, "variant": spec.role, "subspace": subspace, "scheme": spec.edit.name,
@@ -50,6 +56,9 @@ class Defence(Evaluate):
         from ...checkpoints import TensorFilter
         from ...defend import defence_summary
 
+        if spec.trained is not None:  # a training-time defence: the model it made, as it is
+            model, tokenizer = worker.show(spec.trained)
+            return model, tokenizer, {"trained": spec.trained}
         select = TensorFilter(spec.tensors, (spec.layer,) if spec.layer is not None else None)
         others = {name: worker.checkpoint(role) for name, role in spec.others.items()}
         built = worker.live(spec.seed).apply(worker.checkpoint(spec.model), Spec(spec.edit.name, dict(spec.edit.options)),

@@ -21,7 +21,7 @@ DIFFERENCE = "difference"
 
 def defence_sides(study: Study, entry: DefenceEntry, finetune: str) -> list[tuple[str, dict[str, Any]]]:
     """(label, selector) of every row of a defence x fine-tune: the reference, the fine-tune, the defence, its controls."""
-    published = entry.options.get("subspace") or ("top_k" if _takes_subspace(entry.name) else "")
+    published = entry.options.get("subspace") or ("top_k" if entry.takes_subspace() else "")
     sides = [(study.reference.replace("_", " ").capitalize(), {"model": study.reference, "variant": "reference"}),
              (f"FT ({finetune})", {"model": finetune, "variant": "reference"}),
              (f"{entry.name}" + (f" ({published})" if published else ""),
@@ -30,13 +30,6 @@ def defence_sides(study: Study, entry: DefenceEntry, finetune: str) -> list[tupl
         sides.append((f"{entry.name} on {kind} (control)",
                       {"model": finetune, "variant": "control", "scheme": entry.name, "subspace": kind}))
     return sides
-
-
-def _takes_subspace(edit: str) -> bool:
-    """Whether an edit has a subspace option."""
-    from ...edits import EDITS
-
-    return EDITS.get(edit).accepts("subspace")
 
 
 def metric_columns(evaluation: Sequence[Mapping[str, Any]], entry: DefenceEntry) -> list[tuple[str, str, str | None]]:
