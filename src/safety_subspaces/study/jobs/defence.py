@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ...registry import Spec
 from . import JOB_KINDS
-from .evaluate import Evaluate, EvaluateSpec
+from ._evaluation import EvaluateSpec, Evaluating
 
 if TYPE_CHECKING:
     from ..worker import Worker
@@ -31,7 +31,7 @@ class DefenceSpec(EvaluateSpec):
 
 
 @JOB_KINDS.register("defence")
-class Defence(Evaluate):
+class Defence(Evaluating):
     """Utility / harm / over-refusal of a defended fine-tune, evaluated in memory on the resident model."""
 
     spec = DefenceSpec
