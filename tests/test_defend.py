@@ -250,3 +250,12 @@ def test_bad_options_are_one_error_line(cast, tmp_path, capsys, argv, needle):
     assert code == 2 and needle in err, err
     assert err.startswith("error: ") and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_project_refuses_an_edit_that_reads_other_checkpoints(cast, tmp_path, capsys):
+    code, err = run(capsys, "project", "--base", cast["base"], "--aligned", cast["aligned"], "--finetuned",
+                    f"harmful={cast['harmful']}", "--out", tmp_path / "run", "--edit", "safemerge",
+                    "--models-out", tmp_path / "models", "--subspaces", "top_k", "--fractions", "0.5")
+    assert code == 2 and err.count("\n") == 1
+    assert "--edit safemerge reads safety_update" in err and "safety-subspaces defend safemerge" in err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "models").exists()
