@@ -16,6 +16,7 @@ from ...tables import COMPARISONS, ITEMS, PAPER_TABLES, RESULT_TABLES, Table
 from ..config import Study, parse_study
 from .figures import ReportData, draw_figures
 from .comparisons import study_comparisons
+from .defences import defences_html
 from .paper_tables import PaperTable, paper_tables, table_html
 from .reading import reading
 
@@ -88,7 +89,8 @@ def write_report(run_dir: Path) -> Path:
     lines = reading(paper, comparisons, tables["weight_overlap"], tables["activation_overlap"], study,
                     tables["evaluation"])
     path = run_dir / layout.REPORT
-    atomic_write_text(path, render(study, paper, sections, lines, jobs, comparisons))
+    atomic_write_text(path, render(study, paper, sections, lines, jobs, comparisons,
+                                   defences_html(tables, study, comparisons)))
     return path
 
 
@@ -130,7 +132,7 @@ def comparisons_html(rows: Sequence[Mapping[str, Any]]) -> str:
 
 def render(study: Study, paper: Sequence[PaperTable], sections: Sequence[tuple[str, Sequence[Path], str]],
            lines: Sequence[str], jobs: Sequence[Mapping[str, Any]],
-           comparisons: Sequence[Mapping[str, Any]] = ()) -> str:
+           comparisons: Sequence[Mapping[str, Any]] = (), defences: str = "") -> str:
     """The HTML page."""
     done = sum(j["status"] == "done" for j in jobs)
     failed = [j for j in jobs if j["status"] == "failed"]
@@ -148,6 +150,7 @@ def render(study: Study, paper: Sequence[PaperTable], sections: Sequence[tuple[s
         "Beneath each value, its 95 % interval over items (and seeds)"
         + (f"; random kinds average {study.random_seeds} seeds" if study.random_seeds > 1 else "") + ".</p>",
         *[table_html(t) for t in paper],
+        defences,
         comparisons_html(comparisons),
         *[part for heading, paths, caption in sections if paths
           for part in (f"<h2>{html.escape(heading)}</h2>", *(embed_png(p, caption) for p in paths))],

@@ -23,6 +23,7 @@ from ...evaluate.comparisons import (SHARE_METHOD, Outcomes, comparison_row, com
 from ...errors import UserError
 from ...runtime import stable_seed
 from ..config import Study
+from .defences import defence_comparisons
 from .paper_tables import headline
 
 CHANGE, CONTROLS, SEPARATION = "change", "top_k vs controls", "separation"
@@ -154,6 +155,7 @@ def study_comparisons(tables: Mapping[str, Sequence[Mapping[str, Any]]], study: 
                             at=f"energy kept {target:.3f} (ϱ = {fraction:g})",
                             statistic=SHARE if resolved else DIFFERENCE, **labels))
     rows.extend(separation_rows(shares, settings.level))
+    rows.extend(defence_comparisons(tables, study))
     return holm_adjust(rows, by="family")
 
 
