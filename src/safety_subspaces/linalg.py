@@ -8,7 +8,7 @@ bases are orthonormal columns B (m x k) of the output (left) side; P = B B^T.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Mapping
 
 import torch
 
@@ -113,6 +113,18 @@ def inner(a: torch.Tensor, b: torch.Tensor, *, chunk: int = CHUNK) -> float:
     if a.shape != b.shape:
         raise ValueError(f"inner product of tensors with shapes {tuple(a.shape)} and {tuple(b.shape)}")
     return math.fsum(float(x.double() @ y.double()) for x, y in flat_chunks(a, b, chunk=chunk))
+
+
+def norm_sq_and_inner(a: torch.Tensor, b: torch.Tensor, *, chunk: int = CHUNK) -> tuple[float, float]:
+    """(||a||_F^2, <a, b>) in one float64 pass over a (each chunk of a converted once); equal to frobenius_sq and inner."""
+    if a.shape != b.shape:
+        raise ValueError(f"inner product of tensors with shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    squares, dots = [], []
+    for x, y in flat_chunks(a, b, chunk=chunk):
+        x = x.double()
+        squares.append(float(x @ x))
+        dots.append(float(x @ y.double()))
+    return math.fsum(squares), math.fsum(dots)
 
 
 def rank_tolerance(sigma_max: float, shape: tuple[int, int]) -> float:
@@ -287,10 +299,38 @@ def coefficient_energies(frame: torch.Tensor, delta: torch.Tensor) -> torch.Tens
     return (coefficients**2).sum(dim=1)
 
 
+def selected_coefficient_energies(basis: torch.Tensor, delta: torch.Tensor,
+                                  selections: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """coefficient_energies of basis[:, idx] for each selection idx, from one product over the columns they use.
+
+    Each column of the basis is multiplied once however many selections use it; a selection that is a prefix
+    basis[:, :k] (and nothing else) gives the same product as coefficient_energies(basis[:, :k], delta).
+    """
+    if not selections:
+        return {}
+    union = torch.unique(torch.cat([idx.reshape(-1).long() for idx in selections.values()]))  # sorted
+    used = int(union.numel())
+    if used == 0:
+        return {key: torch.zeros(0, dtype=torch.float64) for key in selections}
+    if int(union[-1]) == used - 1:  # a prefix 0..used-1: a view, no gathered copy
+        energies = coefficient_energies(basis[:, :used], delta)
+    else:
+        energies = coefficient_energies(basis[:, union.to(basis.device)], delta)
+    position = torch.full((basis.shape[1],), -1, dtype=torch.long)
+    position[union] = torch.arange(used)
+    energies = energies.cpu()
+    return {key: energies[position[idx.reshape(-1).long()]] for key, idx in selections.items()}
+
+
+def cumulative_energies(energies: torch.Tensor, ks: Iterable[int]) -> list[float]:
+    """sum_{i<k} e_i for each k: the parallel energy of the first k frame columns from their coefficient energies."""
+    cumulative = torch.cumsum(energies, dim=0)
+    return [float(cumulative[k - 1]) if k > 0 else 0.0 for k in ks]
+
+
 def parallel_energies(frame: torch.Tensor, delta: torch.Tensor, ks: Iterable[int]) -> list[float]:
     """||P_k delta||_F^2 for each k, with P_k the projector onto the first k frame columns."""
-    cumulative = torch.cumsum(coefficient_energies(frame, delta), dim=0)
-    return [float(cumulative[k - 1]) if k > 0 else 0.0 for k in ks]
+    return cumulative_energies(coefficient_energies(frame, delta), ks)
 
 
 def energy_kept(kept_energy: float, total_energy: float) -> float:

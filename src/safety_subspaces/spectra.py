@@ -11,6 +11,7 @@ from typing import Mapping
 import torch
 
 from . import linalg
+from .profiling import stage
 from .checkpoints import Checkpoint, write_safetensors
 from .files import atomic_write_text
 from .paths import svd_cache_dir
@@ -67,9 +68,11 @@ def null_dirs_summary(ranks: Mapping[str, tuple[int, int]]) -> dict:
 def difference(minuend: Checkpoint, subtrahend: Checkpoint, name: str, *, device: str = "cpu") -> torch.Tensor:
     """W_minuend - W_subtrahend for one tensor, taken in float32 from the stored dtypes (no whole fp32 temporary)."""
     # a contiguous copy, so its flat chunks are views; the stored tensor is freed before the subtrahend's is read
-    result = minuend.read(name).to(device=device, dtype=torch.float32, copy=True, memory_format=torch.contiguous_format)
-    for out, part in linalg.flat_chunks(result, subtrahend.read(name)):
-        out -= part.to(device=device, dtype=torch.float32)
+    with stage("read"):
+        result = minuend.read(name).to(device=device, dtype=torch.float32, copy=True,
+                                       memory_format=torch.contiguous_format)
+        for out, part in linalg.flat_chunks(result, subtrahend.read(name)):
+            out -= part.to(device=device, dtype=torch.float32)
     return result
 
 
@@ -99,7 +102,7 @@ class SpectrumCache:
         from safetensors import safe_open
 
         try:
-            with safe_open(str(path), framework="pt", device="cpu") as handle:
+            with stage("cache"), safe_open(str(path), framework="pt", device="cpu") as handle:
                 meta = handle.metadata()
                 return Spectrum(handle.get_tensor("left"), handle.get_tensor("singular"), float(meta["total"]),
                                 int(meta["rank_bound"]))
@@ -108,10 +111,11 @@ class SpectrumCache:
 
     def store(self, name: str, spectrum: Spectrum) -> None:
         """Write one tensor's spectrum atomically."""
-        write_safetensors(
-            self._path(name), {"left": spectrum.left, "singular": spectrum.singular},
-            {"total": repr(spectrum.total), "rank_bound": str(spectrum.r), "name": name},
-        )
+        with stage("cache"):
+            write_safetensors(
+                self._path(name), {"left": spectrum.left, "singular": spectrum.singular},
+                {"total": repr(spectrum.total), "rank_bound": str(spectrum.r), "name": name},
+            )
         meta = self.directory / "meta.json"
         if not meta.exists():
             atomic_write_text(meta, json.dumps({
@@ -128,8 +132,33 @@ class SpectrumCache:
             return cached
         if delta is None:
             delta = difference(self.minuend, self.subtrahend, name, device=self.device)
-        left, singular = linalg.left_singular(delta, method=self.method)
-        spectrum = Spectrum(left.cpu(), singular.cpu(), linalg.frobenius_sq(delta), linalg.matrix_rank_bound(delta.shape))
+        with stage("decompose"):
+            left, singular = linalg.left_singular(delta, method=self.method)
+            spectrum = Spectrum(left.cpu(), singular.cpu(), linalg.frobenius_sq(delta),
+                                linalg.matrix_rank_bound(delta.shape))
         self.store(name, spectrum)
         self.computed += 1
         return spectrum
+
+    def _frame_path(self, name: str, key: str) -> Path:
+        """Cache file of a frame derived from one tensor's spectrum (key: kind, seed and width)."""
+        return self.directory / "frames" / f"{name}.{key}.safetensors"
+
+    def load_frame(self, name: str, key: str) -> torch.Tensor | None:
+        """A cached frame derived from this tensor's spectrum (key: kind, seed, width), or None (unreadable: missing)."""
+        path = self._frame_path(name, key)
+        if not path.exists():
+            return None
+        from safetensors import safe_open
+
+        try:
+            with stage("cache"), safe_open(str(path), framework="pt", device="cpu") as handle:
+                return handle.get_tensor("frame")
+        except Exception:
+            return None
+
+    def store_frame(self, name: str, key: str, frame: torch.Tensor) -> None:
+        """Write a frame derived from this tensor's spectrum atomically (on the CPU, bits unchanged)."""
+        with stage("cache"):
+            write_safetensors(self._frame_path(name, key), {"frame": frame.detach().cpu().contiguous()},
+                              {"name": name, "key": key})
