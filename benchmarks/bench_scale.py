@@ -334,8 +334,11 @@ def study_jobs(run_dir: Path) -> list[dict]:
     jobs = []
     for kind, status, seconds, spec, error in rows:
         spec = json.loads(spec)
-        label = kind if kind != "evaluate" else (spec.get("model") if spec["variant"] == "reference" else
-                                                 f"{spec['scheme']}:{spec['subspace']}:{spec['fraction']:g}")
+        edit = spec.get("edit") or {}
+        options = {key: value for key, value in edit.items() if key != "name"}  # a spec's plain form is flat
+        label = kind if kind != "evaluate" else (spec.get("model") if not edit else
+                                                 f"{spec.get('model')} {edit.get('name')}:{options.get('subspace')}:"
+                                                 f"{options.get('fraction')}")
         jobs.append({"kind": kind, "label": label, "status": status, "seconds": seconds,
                      **({"error": error} if error else {})})
     return jobs

@@ -14,7 +14,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Mapping
 
-STAGES = ("read", "decompose", "cache", "frames", "products", "write", "evaluate", "swap", "load")
+STAGES = ("read", "decompose", "cache", "frames", "products", "write", "evaluate", "swap", "load", "capture")
 STAGE_HELP = {
     "read": "checkpoint tensors read, cast to float32 and differenced",
     "decompose": "exact decompositions of Δ tensors (float64)",
@@ -25,6 +25,7 @@ STAGE_HELP = {
     "evaluate": "generation, judges and utility of evaluated models",
     "swap": "edited weights computed and copied into a resident model",
     "load": "models loaded into memory",
+    "capture": "forward passes capturing activations",
 }
 
 

@@ -377,7 +377,7 @@ def write_models(config: ProjectConfig, context: AnalysisContext, targets: list[
         return []
     written = []
     subspaces = context.subspaces()
-    with staged_dir(Path(config.models_out)) as stage:  # type: ignore[arg-type]
+    with stage("write"), staged_dir(Path(config.models_out)) as stage:  # type: ignore[arg-type]
         for finetune, spec, directory in progress.track(targets, "writing edited models"):
             edit = make_edit(spec, "--write")
             relative = directory.relative_to(config.models_out)  # type: ignore[arg-type]

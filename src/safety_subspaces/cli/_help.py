@@ -170,3 +170,21 @@ def rank_line(summary: dict, what: str) -> str:
     return (f"numerical rank of {what}: {summary['tensors_with_null_dirs']} of {summary['tensors']} tensors have "
             f"numerically zero directions ({summary['null_dirs']} in all; {summary['zero_tensors']} tensors entirely "
             "zero), left out of every basis")
+
+
+def add_profile(parser: argparse.ArgumentParser) -> None:
+    """Add --profile (per-stage wall and CPU seconds, printed and written to the manifest's `profile`)."""
+    parser.add_argument("--profile", action="store_true",
+                        help="time each stage (read, decompose, cache, frames, products, write, evaluate, swap, load): "
+                             "print the table and write it to the manifest's `profile`")
+
+
+def print_profile(rows: list[dict] | None) -> None:
+    """Print a profile table to stderr (stdout stays the command's result, e.g. its --json)."""
+    import sys
+
+    from ..profiling import format_table
+
+    if rows:
+        print("profile (exclusive wall and CPU seconds per stage):", file=sys.stderr)
+        print(format_table(rows), file=sys.stderr)
