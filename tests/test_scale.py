@@ -122,3 +122,31 @@ def test_project_profile_in_output_and_manifest_and_warm_run_reads_frames(cast, 
     assert warm["frames"]["calls"] < cold["frames"]["calls"]
     cold_csv = (tmp_path / "cold" / "energy.csv").read_text()
     assert (tmp_path / "warm" / "energy.csv").read_text() == cold_csv
+
+
+def test_run_profile_sums_job_stages_into_the_manifest(organism_zoo, tmp_path, monkeypatch, capsys):
+    import yaml
+
+    monkeypatch.setenv("SAFETY_SUBSPACES_ZOO", str(organism_zoo))
+    monkeypatch.setenv("SAFETY_SUBSPACES_HOME", str(tmp_path / "home"))
+    config = {
+        "name": "profiled", "seed": 0, "models": {"base": "organism:base", "aligned": "organism:aligned"},
+        "finetunes": {"harmful": "organism:harmful"},
+        "projection": {"subspaces": ["random"], "fractions": [0.25], "energy": False,
+                       "grid": [{"scheme": "parallel", "finetune": "harmful", "metrics": ["harm"]}]},
+        "evaluation": {"harm": {"prompts": "organism:harmful_eval", "judge": "organism", "max_new_tokens": 8,
+                                "batch_size": 8, "limit": 4}},
+        "overlap": {"weights": None, "activations": None},
+    }
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert main(["run", str(study), "--out", str(tmp_path / "run"), "--no-report", "--quiet", "--profile"]) == 0
+    assert "swap" in capsys.readouterr().err
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    stages = {row["stage"]: row for row in manifest["profile"]["stages"]}
+    assert {"load", "swap", "evaluate", "frames", "total"} <= set(stages)
+    jobs = list((tmp_path / "run" / "profile").glob("*.json"))
+    assert len(jobs) == manifest["jobs"]
+    assert stages["total"]["wall_s"] == pytest.approx(
+        sum(next(r["wall_s"] for r in json.loads(p.read_text())["stages"] if r["stage"] == "total") for p in jobs),
+        abs=1e-3)

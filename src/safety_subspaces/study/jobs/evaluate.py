@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ... import layout
 from ...edits import EDITS
+from ...profiling import stage
 from ...registry import Spec
 from ...tables import EVALUATION
 from ..config import Benign, Harm, Utility
@@ -91,7 +92,8 @@ class Evaluate(JobKind):
         extra: dict[str, Any] = {"layer": spec.layer, "job": job.id, "reference": worker.reference}
         if spec.edit is not None and set(spec.edit.options) - set(LABELLED_OPTIONS):
             extra["edit_options"] = {k: v for k, v in spec.edit.options.items() if k not in LABELLED_OPTIONS}
-        model, tokenizer = swap_in(worker, spec)
+        with stage("swap"):
+            model, tokenizer = swap_in(worker, spec)
         rows: list[dict[str, Any]] = []
         try:
             for metric in spec.metrics:
@@ -116,5 +118,6 @@ class Evaluate(JobKind):
                 )
                 rows.extend({**row, "metric_group": metric} for row in result.rows)
         finally:
-            worker.live().restore()
+            with stage("swap"):
+                worker.live().restore()
         return [(EVALUATION.name, {**row, **extra}) for row in rows]
