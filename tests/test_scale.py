@@ -150,3 +150,69 @@ def test_run_profile_sums_job_stages_into_the_manifest(organism_zoo, tmp_path, m
     assert stages["total"]["wall_s"] == pytest.approx(
         sum(next(r["wall_s"] for r in json.loads(p.read_text())["stages"] if r["stage"] == "total") for p in jobs),
         abs=1e-3)
+
+
+def project_args(cast, out, cache, *more) -> list[str]:
+    """A small `project` run of the cast."""
+    return ["project", "--quiet", "--base", str(cast["base"]), "--aligned", str(cast["aligned"]),
+            "--finetuned", f"useful={cast['useful']}", "--out", str(out), "--cache-dir", str(cache), "--device", "cpu",
+            *more]
+
+
+def test_cache_info_clear_and_lru_eviction_under_a_budget(cast, tmp_path, monkeypatch, capsys):
+    from safety_subspaces import spectra
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(spectra.DTYPE_ENV, "float32")  # the options set these process-wide; restored afterwards
+    monkeypatch.setenv(spectra.BUDGET_ENV, "20")
+    assert main(project_args(cast, tmp_path / "a", cache)) == 0
+    assert main(project_args(cast, tmp_path / "b", cache, "--subspaces", "top_k", "--cache-dtype", "float16")) == 0
+    monkeypatch.setenv(spectra.DTYPE_ENV, "float32")
+    capsys.readouterr()
+    entries = spectra.cache_entries(cache)
+    assert [e.meta["factor_dtype"] for e in entries] == ["float32", "float16"]  # least recently used first
+    assert main(["cache", "info", "--cache-dir", str(cache), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["total_bytes"] == sum(e.bytes for e in entries) and len(info["entries"]) == 2
+    # reading the float32 entry again makes it the most recently used; a budget below the total evicts the other
+    monkeypatch.setattr(spectra, "_IN_USE", set())  # a fresh process: nothing in use yet
+    budget_gb = (entries[0].bytes + 1) / 1024**3
+    assert main(project_args(cast, tmp_path / "c", cache, "--cache-budget", repr(budget_gb))) == 0
+    left = spectra.cache_entries(cache)
+    assert [e.path for e in left] == [entries[0].path]
+    assert main(["cache", "clear", "--cache-dir", str(cache), "--older-than", "1"]) == 0  # nothing that old
+    assert len(spectra.cache_entries(cache)) == 1
+    assert main(["cache", "clear", "--cache-dir", str(cache)]) == 0
+    assert "removed 1 entries" in capsys.readouterr().out
+    assert spectra.cache_entries(cache) == []
+
+
+def test_half_precision_factors_stay_within_their_stated_energy_error(cast, tmp_path, monkeypatch):
+    import csv
+
+    from safety_subspaces import spectra
+
+    assert main(project_args(cast, tmp_path / "exact", tmp_path / "c32")) == 0
+    monkeypatch.setenv(spectra.DTYPE_ENV, "float16")
+    assert main(project_args(cast, tmp_path / "half", tmp_path / "c16")) == 0
+    assert main(project_args(cast, tmp_path / "half-warm", tmp_path / "c16")) == 0
+    errors = []
+    for path in (tmp_path / "c16").glob("*/*.safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            assert handle.get_tensor("left").dtype == torch.float16
+            errors.append(float(handle.metadata()["factor_error"]))
+    bound = 2 * max(errors) + max(errors) ** 2
+    assert 0 < max(errors) < 0.05
+
+    def energies(run):
+        with open(tmp_path / run / "energy.csv") as handle:
+            return {(r["finetune"], r["subspace"], r["scheme"], r["fraction"], r["scope"], r["name"]): float(r["energy_kept"])
+                    for r in csv.DictReader(handle) if r["energy_kept"] not in ("", "nan")}
+
+    exact, half = energies("exact"), energies("half")
+    assert half == energies("half-warm")  # a half-precision run reads back exactly what it computed with
+    gaps = [abs(exact[key] - half[key]) for key in exact]
+    assert max(gaps) <= bound
+    assert max(gaps) > 0  # the factors really were rounded

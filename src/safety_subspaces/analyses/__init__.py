@@ -228,4 +228,8 @@ def run_analysis(analysis: Analysis, context: AnalysisContext, out: Path, *, loc
             result.profile = manifest["profile"] = profile.table()
         write_run_dir(out, identity, kind=analysis.run_kind, manifest=manifest, tables={analysis.table: result.rows},
                       extra=lambda stage: analysis.write_files(result, stage))
+    if analysis.uses_spectra:
+        from ..spectra import evict_to_budget
+
+        evict_to_budget(context.cache_dir)
     return result

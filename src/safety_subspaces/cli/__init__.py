@@ -13,7 +13,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # Each module defines register(subparsers, common) and sets `handler` on its parsers.
-COMMAND_MODULES = ["project", "finetune", "organism", "evaluate", "overlap", "analyse", "run", "report"]
+COMMAND_MODULES = ["project", "finetune", "organism", "evaluate", "overlap", "analyse", "run", "report", "cache"]
 
 DESCRIPTION = """\
 Does safety alignment live in its own linear subspace of weights or activations?
@@ -96,8 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         set_quiet()
     try:
         from ..runtime import configure_threads
+        from ._help import apply_cache_options
 
         configure_threads(args.threads)
+        apply_cache_options(args)
         return int(args.handler(args) or 0)
     except UserError as exc:
         sys.stderr.write(f"error: {exc}\n")

@@ -9,8 +9,18 @@ import sys
 from pathlib import Path
 
 from .. import paper
-from ._help import (add_allow_pickle, add_command, add_profile, add_svd_method, csv_list, key_value, name_help,
-                    print_profile, rank_line)
+from ._help import (
+    add_allow_pickle,
+    add_cache_options,
+    add_command,
+    add_profile,
+    add_svd_method,
+    csv_list,
+    key_value,
+    name_help,
+    print_profile,
+    rank_line,
+)
 
 ETA_DEFAULT = ",".join(f"{eta:g}" for eta in paper.ETAS)
 
@@ -92,6 +102,7 @@ def register_weights(analyses, common: argparse.ArgumentParser) -> None:
     add_allow_pickle(parser)
     parser.add_argument("--trust-remote-code", action="store_true", help="accept models that declare custom code")
     add_profile(parser)
+    add_cache_options(parser)
 
 
 def register_activations(analyses, common: argparse.ArgumentParser) -> None:

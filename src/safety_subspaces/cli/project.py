@@ -10,6 +10,7 @@ from pathlib import Path
 from .. import paper
 from ._help import (
     add_allow_pickle,
+    add_cache_options,
     add_command,
     add_profile,
     add_spec_options,
@@ -78,6 +79,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     add_allow_pickle(parser)
     parser.add_argument("--trust-remote-code", action="store_true", help="accept models that declare custom code")
     add_profile(parser)
+    add_cache_options(parser)
     show_registries(parser, ("safety_subspaces.subspaces", "SUBSPACES"), ("safety_subspaces.edits", "EDITS"))
 
 

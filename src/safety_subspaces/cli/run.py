@@ -7,7 +7,16 @@ import json
 import sys
 from pathlib import Path
 
-from ._help import add_allow_pickle, add_command, add_profile, add_spec_options, at_least, print_profile, show_registries
+from ._help import (
+    add_allow_pickle,
+    add_cache_options,
+    add_command,
+    add_profile,
+    add_spec_options,
+    at_least,
+    print_profile,
+    show_registries,
+)
 
 EXAMPLES = """\
   safety-subspaces run                                  # the built-in organism study (builds the zoo if absent)
@@ -37,6 +46,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     add_allow_pickle(parser)
     parser.add_argument("--no-report", action="store_true", help="skip writing the report")
     add_profile(parser)
+    add_cache_options(parser)
     show_registries(parser, ("safety_subspaces.study.executors", "EXECUTORS"))
 
 

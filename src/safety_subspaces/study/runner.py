@@ -240,6 +240,9 @@ def run_study(study: Study, out: Path, *, force: bool = False, report: bool = Tr
         if profile:
             result.profile = job_profile(made.run_dir, pending)
             add_profile_to_manifest(made.run_dir, result.profile)
+        from ..spectra import evict_to_budget
+
+        evict_to_budget()  # the workers' cache (the default root) back within its budget, least recently used first
         result.seconds = time.time() - started
         if report:
             from .report import write_report
