@@ -216,3 +216,22 @@ def test_half_precision_factors_stay_within_their_stated_energy_error(cast, tmp_
     gaps = [abs(exact[key] - half[key]) for key in exact]
     assert max(gaps) <= bound
     assert max(gaps) > 0  # the factors really were rounded
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 300), st.integers(1, 40), st.integers(0, 2**31 - 1), st.integers(1, 64), st.data())
+def test_blocked_gaussian_draw_has_the_bits_of_one_draw(m, width, seed, rows, data):
+    k = data.draw(st.integers(1, width))
+    one = torch.randn(m, width, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)[:, :k].float()
+    assert torch.equal(linalg.seeded_gaussian_columns(m, width, k, seed, rows=rows), one)
+
+
+def test_haar_frames_keep_todays_bits_at_a_real_embedding_height():
+    m, width, k, seed = 151_936, 64, 40, 7  # more rows than one block holds: the blocked draw is used
+    assert m > linalg.QR_BLOCK_ELEMENTS // width
+    generator = torch.Generator().manual_seed(seed)
+    gaussian = torch.randn(m, width, generator=generator, dtype=torch.float64)[:, :k].float()
+    q, r = torch.linalg.qr(gaussian)
+    signs = torch.sign(torch.diagonal(r))
+    signs[signs == 0] = 1
+    assert torch.equal(linalg.haar_frame(m, k, seed, width=width), q * signs)

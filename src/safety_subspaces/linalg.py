@@ -253,6 +253,30 @@ def left_singular(matrix: torch.Tensor, *, method: str = "auto") -> tuple[torch.
     return _qr_left(matrix) if method == "qr" else _svd_left(matrix)
 
 
+def seeded_gaussian_columns(m: int, width: int, k: int, seed: int, *, dtype: torch.dtype = torch.float32,
+                            rows: int | None = None) -> torch.Tensor:
+    """The first k columns of torch.randn(m, width, float64) drawn from a CPU generator seeded with seed, cast to dtype.
+
+    Drawn in row blocks of a multiple of 16 entries (torch fills normals 16 at a time, so the blocks continue one
+    stream: the same bits as one draw) without the m x width float64 temporary.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    step = 16 // math.gcd(width, 16)  # rows per 16-entry multiple
+    rows = rows or QR_BLOCK_ELEMENTS // max(width, 1)
+    rows = max(step, rows // step * step)
+    if m * width < 32 or rows >= m:
+        return torch.randn(m, width, generator=generator, dtype=torch.float64)[:, :k].to(dtype)
+    out = torch.empty(m, k, dtype=dtype)
+    start = 0
+    while start < m:
+        count = min(rows, m - start)
+        if (m - start - count) * width < 16:  # a remainder below 16 entries joins this, the last, block
+            count = m - start
+        out[start : start + count] = torch.randn(count, width, generator=generator, dtype=torch.float64)[:, :k]
+        start += count
+    return out
+
+
 def haar_frame(m: int, k: int, seed: int, *, width: int | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """k orthonormal columns spanning a Haar-random k-dim subspace of R^m.
 
@@ -263,9 +287,7 @@ def haar_frame(m: int, k: int, seed: int, *, width: int | None = None, dtype: to
         raise ValueError(f"cannot draw {k} of {width} orthonormal columns in R^{m}")
     if k == 0:
         return torch.zeros(m, 0, dtype=dtype)
-    generator = torch.Generator().manual_seed(seed)
-    gaussian = torch.randn(m, width, generator=generator, dtype=torch.float64)[:, :k].to(dtype)
-    q, r = torch.linalg.qr(gaussian)
+    q, r = torch.linalg.qr(seeded_gaussian_columns(m, width, k, seed, dtype=dtype))
     signs = torch.sign(torch.diagonal(r))
     signs[signs == 0] = 1
     return q * signs
