@@ -307,9 +307,16 @@ def parallel_part(basis: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tenso
     return matrix, parallel
 
 
-def add_update(weight: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
-    """W.float() + the update, cast once to the stored dtype of W."""
-    return (weight.float() + update.float()).to(weight.dtype)
+def add_update(weight: torch.Tensor, update: torch.Tensor, *, consume: bool = False) -> torch.Tensor:
+    """W.float() + the update, cast once to the stored dtype of W.
+
+    consume: add W into a float32 update's own buffer, chunk by chunk (the same bits, no whole float32 copy of W).
+    """
+    if not (consume and update.dtype == torch.float32 and update.is_contiguous()):
+        return (weight.float() + update.float()).to(weight.dtype)
+    for out, part in flat_chunks(update, weight.reshape(update.shape)):
+        out += part.float()
+    return update.to(weight.dtype)
 
 
 def coefficient_energies(frame: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:

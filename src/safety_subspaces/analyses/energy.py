@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from .. import __version__, layout, linalg, paper, progress
+from .. import __version__, layout, linalg, paper, profiling, progress
 from ..checkpoints import Checkpoint, TensorFilter, check_compatible, layer_index, write_checkpoint
 from ..edits import EditInputs, ProjectionSpec, check_fraction, make_edit
 from ..edits.apply import edited_state
@@ -23,7 +23,6 @@ from ..files import staged_dir
 from ..names import check_name
 from ..registry import Spec
 from ..spectra import difference, null_dirs_summary
-from ..profiling import stage
 from ..subspaces import SUBSPACES, AlignmentSubspaces, Columns
 from ..tables import ENERGY
 from . import ANALYSES, Analysis, AnalysisContext, AnalysisResult, RunSettings, run_analysis
@@ -74,7 +73,7 @@ def tensor_energies(
     out = []
     for finetune, checkpoint in finetunes.items():
         delta_task = difference(checkpoint, subspaces.reference, name, device=subspaces.device)
-        with stage("products"):
+        with profiling.stage("products"):
             total_task, dot = linalg.norm_sq_and_inner(delta_task, delta_align)
             energies = linalg.selected_coefficient_energies(left, delta_task, columns) if columns else {}
             energies.update({kind: linalg.coefficient_energies(frame, delta_task) for kind, frame in frames.items()})
@@ -377,7 +376,7 @@ def write_models(config: ProjectConfig, context: AnalysisContext, targets: list[
         return []
     written = []
     subspaces = context.subspaces()
-    with stage("write"), staged_dir(Path(config.models_out)) as stage:  # type: ignore[arg-type]
+    with profiling.stage("write"), staged_dir(Path(config.models_out)) as stage:  # type: ignore[arg-type]
         for finetune, spec, directory in progress.track(targets, "writing edited models"):
             edit = make_edit(spec, "--write")
             relative = directory.relative_to(config.models_out)  # type: ignore[arg-type]
