@@ -107,7 +107,7 @@ GRID=(--base "$FAMILY/base" --aligned "$FAMILY/aligned" --finetuned "useful=$FAM
       --fractions 0.01,0.25,0.5,0.75,0.99 --schemes parallel,orthogonal --threads "$THREADS" --quiet)
 DEVICE_RUN="$WORK/runs/project-device"
 if step project_device 240 "${CLI[@]}" project "${GRID[@]}" --subspaces top_k,random_k,random --device "$DEVICE" \
-     --cache-dir "$SVD" --out "$DEVICE_RUN"; then
+     --cache-dir "$SVD" --out "$DEVICE_RUN" --profile; then
   :
 else
   DEVICE_RUN="$WORK/runs/project-device-layer0"
@@ -152,6 +152,12 @@ if [ -f "$FAMILY/family.json" ]; then
   fi
 else
   skip study "no family"
+fi
+
+if [ "$DEVICE" = cuda ]; then  # the CUDA-vs-CPU tests (skipped, saying so, on machines without CUDA)
+  step cuda_tests 120 "$PY" -m pytest "$REPO/tests/test_scale.py" -q -x -rs -k cuda || true
+else
+  skip cuda_tests "device $DEVICE"
 fi
 
 IFS=, ; ORDER="${STEPS[*]}"; unset IFS

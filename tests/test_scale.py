@@ -15,7 +15,7 @@ from safety_subspaces.checkpoints import Checkpoint
 from safety_subspaces.cli import main
 from safety_subspaces.subspaces import AlignmentSubspaces, kind_frame
 from safety_subspaces.subspaces import builtin as builtin_kinds
-from tests.support.factories import make_cast
+from support.factories import make_cast
 
 SETTINGS = settings(max_examples=25, deadline=None)
 
@@ -235,3 +235,43 @@ def test_haar_frames_keep_todays_bits_at_a_real_embedding_height():
     signs = torch.sign(torch.diagonal(r))
     signs[signs == 0] = 1
     assert torch.equal(linalg.haar_frame(m, k, seed, width=width), q * signs)
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(),
+                          reason="needs a CUDA device (benchmarks/gpu_check.sh runs these on a GPU machine)")
+
+
+@CUDA
+def test_cuda_project_matches_cpu_within_1e5(cast, tmp_path):
+    import csv
+
+    runs = {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / device
+        assert main(project_args(cast, out, tmp_path / f"cache-{device}", "--device", device)) == 0
+        with open(out / "energy.csv") as handle:
+            runs[device] = list(csv.DictReader(handle))
+    assert len(runs["cpu"]) == len(runs["cuda"])
+    for a, b in zip(runs["cpu"], runs["cuda"]):
+        assert (a["finetune"], a["subspace"], a["scheme"], a["name"]) == (b["finetune"], b["subspace"], b["scheme"], b["name"])
+        if a["energy_kept"] not in ("", "nan"):
+            assert abs(float(a["energy_kept"]) - float(b["energy_kept"])) <= 1e-5
+
+
+@CUDA
+def test_cuda_swap_matches_cpu_within_1e5(cast, tmp_path):
+    from safety_subspaces.edits import EditInputs
+    from safety_subspaces.edits.apply import edited_weight
+    from safety_subspaces.edits.projections import Orthogonal
+
+    base, aligned, useful = (Checkpoint(cast[r]) for r in ("base", "aligned", "useful"))
+    weights = {}
+    for device in ("cpu", "cuda"):
+        subspaces = AlignmentSubspaces(base, aligned, cache_root=tmp_path / device, device=device)
+        inputs = EditInputs(subspaces, useful)
+        edit = Orthogonal("random", fraction=0.5)
+        weights[device] = {n: edited_weight(edit, inputs, n, True).float() for n in aligned.names
+                           if aligned.infos[n].dtype.is_floating_point}
+    for name, value in weights["cpu"].items():
+        assert weights["cuda"][name].device.type == "cpu"
+        assert torch.allclose(weights["cuda"][name], value, atol=1e-5, rtol=1e-5), name
