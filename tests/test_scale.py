@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import numpy as np
@@ -275,3 +276,11 @@ def test_cuda_swap_matches_cpu_within_1e5(cast, tmp_path):
     for name, value in weights["cpu"].items():
         assert weights["cuda"][name].device.type == "cpu"
         assert torch.allclose(weights["cuda"][name], value, atol=1e-5, rtol=1e-5), name
+
+
+def test_reused_float64_buffers_give_the_bits_of_fresh_conversions():
+    a, b = gaussian(3000, 2900, 5), gaussian(3000, 2900, 6)  # 8.7M entries: three chunks, the last one short
+    fresh = math.fsum(float(x.double() @ y.double()) for x, y in linalg.flat_chunks(a, b))
+    fresh_sq = math.fsum(float(x.double() @ x.double()) for (x,) in linalg.flat_chunks(a))
+    assert linalg.inner(a, b) == fresh and linalg.frobenius_sq(a) == fresh_sq
+    assert linalg.norm_sq_and_inner(a, b) == (fresh_sq, fresh)

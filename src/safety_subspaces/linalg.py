@@ -108,11 +108,22 @@ def all_finite(tensor: torch.Tensor, chunk: int = CHUNK) -> bool:
     return all(bool(torch.isfinite(part).all()) for (part,) in flat_chunks(tensor, chunk=chunk))
 
 
+def double_chunks(*tensors: torch.Tensor, chunk: int = CHUNK) -> Iterator[tuple[torch.Tensor, ...]]:
+    """flat_chunks of the tensors converted to float64 in buffers reused from chunk to chunk (the values of .double(),
+    without a fresh whole-chunk allocation, and its page faults, per chunk)."""
+    size = min(chunk, tensors[0].numel())
+    buffers = [torch.empty(size, dtype=torch.float64, device=t.device) for t in tensors]
+    for parts in flat_chunks(*tensors, chunk=chunk):
+        yield tuple(buffer[: part.numel()].copy_(part) for buffer, part in zip(buffers, parts))
+
+
 def inner(a: torch.Tensor, b: torch.Tensor, *, chunk: int = CHUNK) -> float:
     """<a, b> over all entries, accumulated in float64 (chunk by chunk, so no whole-size float64 copies)."""
     if a.shape != b.shape:
         raise ValueError(f"inner product of tensors with shapes {tuple(a.shape)} and {tuple(b.shape)}")
-    return math.fsum(float(x.double() @ y.double()) for x, y in flat_chunks(a, b, chunk=chunk))
+    if a is b:
+        return math.fsum(float(x @ x) for (x,) in double_chunks(a, chunk=chunk))
+    return math.fsum(float(x @ y) for x, y in double_chunks(a, b, chunk=chunk))
 
 
 def norm_sq_and_inner(a: torch.Tensor, b: torch.Tensor, *, chunk: int = CHUNK) -> tuple[float, float]:
@@ -120,10 +131,9 @@ def norm_sq_and_inner(a: torch.Tensor, b: torch.Tensor, *, chunk: int = CHUNK) -
     if a.shape != b.shape:
         raise ValueError(f"inner product of tensors with shapes {tuple(a.shape)} and {tuple(b.shape)}")
     squares, dots = [], []
-    for x, y in flat_chunks(a, b, chunk=chunk):
-        x = x.double()
+    for x, y in double_chunks(a, b, chunk=chunk):
         squares.append(float(x @ x))
-        dots.append(float(x @ y.double()))
+        dots.append(float(x @ y))
     return math.fsum(squares), math.fsum(dots)
 
 
