@@ -4,7 +4,7 @@ A kind is a registered function (spectrum, k, seed) -> frame: either `Columns` (
 vectors U, in U's order or a seeded order) or a dense m × k orthonormal tensor. The seed is derived from
 (study seed, tensor name, kind), so a tensor's subspace does not depend on which other tensors are visited; a kind
 orders its directions once per tensor and the frame for k is the first k of that order, so subspaces are nested
-across fractions. A dense frame (the `random` kind's Haar frame) is built once per (seed, tensor, width) and kept
+across fractions. A dense frame (the `random` kind's Haar frame) is built once per (kind, seed, tensor, k) and kept
 in the SVD cache beside the spectrum, so later runs and in-memory swaps read it instead of regenerating it; column
 kinds cost a gather. Adding a kind is one new module in this package (or a plugin, entry-point group
 `safety_subspaces.subspaces`).
