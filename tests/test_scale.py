@@ -284,3 +284,15 @@ def test_reused_float64_buffers_give_the_bits_of_fresh_conversions():
     fresh_sq = math.fsum(float(x.double() @ x.double()) for (x,) in linalg.flat_chunks(a))
     assert linalg.inner(a, b) == fresh and linalg.frobenius_sq(a) == fresh_sq
     assert linalg.norm_sq_and_inner(a, b) == (fresh_sq, fresh)
+
+
+@pytest.mark.parametrize("variable, value", [("SAFETY_SUBSPACES_CACHE_BUDGET", "lots"),
+                                             ("SAFETY_SUBSPACES_CACHE_BUDGET", "-1"),
+                                             ("SAFETY_SUBSPACES_CACHE_DTYPE", "int8")])
+def test_bad_cache_settings_are_one_error_line_before_anything_is_written(cast, tmp_path, monkeypatch, capsys,
+                                                                            variable, value):
+    monkeypatch.setenv(variable, value)
+    assert main(project_args(cast, tmp_path / "out", tmp_path / "cache")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and variable in err[-1]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()

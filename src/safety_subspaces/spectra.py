@@ -126,6 +126,7 @@ class SpectrumCache:
         self.minuend, self.subtrahend = minuend, subtrahend
         self.method, self.device = method, device
         self.factor_dtype = factor_dtype_name()
+        cache_budget_bytes()  # a malformed budget is refused before anything is computed, not at the end
         parts = [CACHE_VERSION, minuend.fingerprint(), subtrahend.fingerprint(), method]
         parts += [self.factor_dtype] if self.factor_dtype != "float32" else []  # float32 keys are unchanged
         key = hashlib.blake2b("|".join(parts).encode(), digest_size=12).hexdigest()
