@@ -296,3 +296,19 @@ def test_bad_cache_settings_are_one_error_line_before_anything_is_written(cast, 
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and variable in err[-1]
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+def test_eviction_and_clear_never_touch_directories_that_are_not_cache_entries(cast, tmp_path, monkeypatch):
+    from safety_subspaces import spectra
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(spectra.BUDGET_ENV, "0")  # everything not in use is over budget
+    (cache / "notes").mkdir(parents=True)
+    (cache / "notes" / "keep.txt").write_text("mine")
+    assert main(project_args(cast, tmp_path / "out", cache)) == 0
+    assert (cache / "notes" / "keep.txt").read_text() == "mine"
+    assert len(spectra.cache_entries(cache)) == 1  # in use by this process: kept despite the budget
+    monkeypatch.setattr(spectra, "_IN_USE", set())
+    assert len(spectra.evict_to_budget(cache)) == 1 and spectra.cache_entries(cache) == []
+    assert main(["cache", "clear", "--cache-dir", str(cache)]) == 0
+    assert (cache / "notes" / "keep.txt").exists()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ DTYPE_ENV = "SAFETY_SUBSPACES_CACHE_DTYPE"  # float32 (default) or float16: how 
 DEFAULT_BUDGET_GB = 20.0
 FACTOR_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 LAST_USED = ".last-used"
+ENTRY_NAME = re.compile(r"[0-9a-f]{24}")  # an entry's directory name: its 12-byte blake2b key in hex
 _IN_USE: set[Path] = set()  # cache entries this process has used (never evicted by it)
 
 
@@ -246,8 +248,8 @@ def cache_entries(root: Path | None = None) -> list[CacheEntry]:
         return []
     entries = []
     for directory in root.iterdir():
-        if not directory.is_dir():
-            continue
+        if not (directory.is_dir() and ENTRY_NAME.fullmatch(directory.name)):
+            continue  # only the cache's own entries (24 hex digits) are ever listed or removed
         sizes = [f.stat().st_size for f in directory.rglob("*") if f.is_file()]
         marker = directory / LAST_USED
         last = marker.stat().st_mtime if marker.exists() else directory.stat().st_mtime
