@@ -8,6 +8,7 @@ STORE = "results.sqlite"  # a study's jobs and rows
 REPORT = "report.html"  # a study's report
 FIGURES = "figures"  # PNG figures
 SAMPLES = "samples"  # a study's per-job evaluation records (samples/JOB/METRIC/...)
+PROFILES = "profile"  # a profiled study's per-job stage times (profile/JOB.json)
 MODELS = "models"  # a study's fine-tuned models (models/ROLE)
 RESULTS = "results.csv"  # an evaluation's rows
 SAMPLE_RECORDS = "samples.jsonl"  # an evaluation's per-sample records

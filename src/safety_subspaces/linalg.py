@@ -8,7 +8,7 @@ bases are orthonormal columns B (m x k) of the output (left) side; P = B B^T.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Mapping
 
 import torch
 
@@ -108,11 +108,33 @@ def all_finite(tensor: torch.Tensor, chunk: int = CHUNK) -> bool:
     return all(bool(torch.isfinite(part).all()) for (part,) in flat_chunks(tensor, chunk=chunk))
 
 
+def double_chunks(*tensors: torch.Tensor, chunk: int = CHUNK) -> Iterator[tuple[torch.Tensor, ...]]:
+    """flat_chunks of the tensors converted to float64 in buffers reused from chunk to chunk (the values of .double(),
+    without a fresh whole-chunk allocation, and its page faults, per chunk)."""
+    size = min(chunk, tensors[0].numel())
+    buffers = [torch.empty(size, dtype=torch.float64, device=t.device) for t in tensors]
+    for parts in flat_chunks(*tensors, chunk=chunk):
+        yield tuple(buffer[: part.numel()].copy_(part) for buffer, part in zip(buffers, parts))
+
+
 def inner(a: torch.Tensor, b: torch.Tensor, *, chunk: int = CHUNK) -> float:
     """<a, b> over all entries, accumulated in float64 (chunk by chunk, so no whole-size float64 copies)."""
     if a.shape != b.shape:
         raise ValueError(f"inner product of tensors with shapes {tuple(a.shape)} and {tuple(b.shape)}")
-    return math.fsum(float(x.double() @ y.double()) for x, y in flat_chunks(a, b, chunk=chunk))
+    if a is b:
+        return math.fsum(float(x @ x) for (x,) in double_chunks(a, chunk=chunk))
+    return math.fsum(float(x @ y) for x, y in double_chunks(a, b, chunk=chunk))
+
+
+def norm_sq_and_inner(a: torch.Tensor, b: torch.Tensor, *, chunk: int = CHUNK) -> tuple[float, float]:
+    """(||a||_F^2, <a, b>) in one float64 pass over a (each chunk of a converted once); equal to frobenius_sq and inner."""
+    if a.shape != b.shape:
+        raise ValueError(f"inner product of tensors with shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    squares, dots = [], []
+    for x, y in double_chunks(a, b, chunk=chunk):
+        squares.append(float(x @ x))
+        dots.append(float(x @ y))
+    return math.fsum(squares), math.fsum(dots)
 
 
 def rank_tolerance(sigma_max: float, shape: tuple[int, int]) -> float:
@@ -241,6 +263,30 @@ def left_singular(matrix: torch.Tensor, *, method: str = "auto") -> tuple[torch.
     return _qr_left(matrix) if method == "qr" else _svd_left(matrix)
 
 
+def seeded_gaussian_columns(m: int, width: int, k: int, seed: int, *, dtype: torch.dtype = torch.float32,
+                            rows: int | None = None) -> torch.Tensor:
+    """The first k columns of torch.randn(m, width, float64) drawn from a CPU generator seeded with seed, cast to dtype.
+
+    Drawn in row blocks of a multiple of 16 entries (torch fills normals 16 at a time, so the blocks continue one
+    stream: the same bits as one draw) without the m x width float64 temporary.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    step = 16 // math.gcd(width, 16)  # rows per 16-entry multiple
+    rows = rows or QR_BLOCK_ELEMENTS // max(width, 1)
+    rows = max(step, rows // step * step)
+    if m * width < 32 or rows >= m:
+        return torch.randn(m, width, generator=generator, dtype=torch.float64)[:, :k].to(dtype)
+    out = torch.empty(m, k, dtype=dtype)
+    start = 0
+    while start < m:
+        count = min(rows, m - start)
+        if (m - start - count) * width < 16:  # a remainder below 16 entries joins this, the last, block
+            count = m - start
+        out[start : start + count] = torch.randn(count, width, generator=generator, dtype=torch.float64)[:, :k]
+        start += count
+    return out
+
+
 def haar_frame(m: int, k: int, seed: int, *, width: int | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """k orthonormal columns spanning a Haar-random k-dim subspace of R^m.
 
@@ -251,9 +297,7 @@ def haar_frame(m: int, k: int, seed: int, *, width: int | None = None, dtype: to
         raise ValueError(f"cannot draw {k} of {width} orthonormal columns in R^{m}")
     if k == 0:
         return torch.zeros(m, 0, dtype=dtype)
-    generator = torch.Generator().manual_seed(seed)
-    gaussian = torch.randn(m, width, generator=generator, dtype=torch.float64)[:, :k].to(dtype)
-    q, r = torch.linalg.qr(gaussian)
+    q, r = torch.linalg.qr(seeded_gaussian_columns(m, width, k, seed, dtype=dtype))
     signs = torch.sign(torch.diagonal(r))
     signs[signs == 0] = 1
     return q * signs
@@ -273,9 +317,16 @@ def parallel_part(basis: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tenso
     return matrix, parallel
 
 
-def add_update(weight: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
-    """W.float() + the update, cast once to the stored dtype of W."""
-    return (weight.float() + update.float()).to(weight.dtype)
+def add_update(weight: torch.Tensor, update: torch.Tensor, *, consume: bool = False) -> torch.Tensor:
+    """W.float() + the update, cast once to the stored dtype of W.
+
+    consume: add W into a float32 update's own buffer, chunk by chunk (the same bits, no whole float32 copy of W).
+    """
+    if not (consume and update.dtype == torch.float32 and update.is_contiguous()):
+        return (weight.float() + update.float()).to(weight.dtype)
+    for out, part in flat_chunks(update, weight.reshape(update.shape)):
+        out += part.float()
+    return update.to(weight.dtype)
 
 
 def coefficient_energies(frame: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -287,10 +338,38 @@ def coefficient_energies(frame: torch.Tensor, delta: torch.Tensor) -> torch.Tens
     return (coefficients**2).sum(dim=1)
 
 
+def selected_coefficient_energies(basis: torch.Tensor, delta: torch.Tensor,
+                                  selections: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """coefficient_energies of basis[:, idx] for each selection idx, from one product over the columns they use.
+
+    Each column of the basis is multiplied once however many selections use it; a selection that is a prefix
+    basis[:, :k] (and nothing else) gives the same product as coefficient_energies(basis[:, :k], delta).
+    """
+    if not selections:
+        return {}
+    union = torch.unique(torch.cat([idx.reshape(-1).long() for idx in selections.values()]))  # sorted
+    used = int(union.numel())
+    if used == 0:
+        return {key: torch.zeros(0, dtype=torch.float64) for key in selections}
+    if int(union[-1]) == used - 1:  # a prefix 0..used-1: a view, no gathered copy
+        energies = coefficient_energies(basis[:, :used], delta)
+    else:
+        energies = coefficient_energies(basis[:, union.to(basis.device)], delta)
+    position = torch.full((basis.shape[1],), -1, dtype=torch.long)
+    position[union] = torch.arange(used)
+    energies = energies.cpu()
+    return {key: energies[position[idx.reshape(-1).long()]] for key, idx in selections.items()}
+
+
+def cumulative_energies(energies: torch.Tensor, ks: Iterable[int]) -> list[float]:
+    """sum_{i<k} e_i for each k: the parallel energy of the first k frame columns from their coefficient energies."""
+    cumulative = torch.cumsum(energies, dim=0)
+    return [float(cumulative[k - 1]) if k > 0 else 0.0 for k in ks]
+
+
 def parallel_energies(frame: torch.Tensor, delta: torch.Tensor, ks: Iterable[int]) -> list[float]:
     """||P_k delta||_F^2 for each k, with P_k the projector onto the first k frame columns."""
-    cumulative = torch.cumsum(coefficient_energies(frame, delta), dim=0)
-    return [float(cumulative[k - 1]) if k > 0 else 0.0 for k in ks]
+    return cumulative_energies(coefficient_energies(frame, delta), ks)
 
 
 def energy_kept(kept_energy: float, total_energy: float) -> float:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping, Sequence
 
+from .. import profiling
 from ..errors import UserError
 from ..files import output_lock
 from ..registry import Registry
@@ -37,12 +38,14 @@ class AnalysisContext:
     def __init__(self, models: Mapping[str, str | Path], *, reference: str = "aligned", base: str = "base",
                  finetunes: Sequence[str] = (), labels: Mapping[str, str] | None = None, seed: int = 0,
                  device: str = "cpu", dtype: str = "auto", svd_method: str = "auto", cache_dir: Path | None = None,
-                 allow_pickle: bool = False, trust_remote_code: bool = False, zoo: Path | None = None):
+                 allow_pickle: bool = False, trust_remote_code: bool = False, zoo: Path | None = None,
+                 profile: bool = False):
         self.models = {role: str(path) for role, path in models.items()}
         self.reference, self.base, self.finetunes = reference, base, list(finetunes)
         self.labels = dict(labels or {})
         self.seed, self.device, self.dtype, self.svd_method, self.cache_dir = seed, device, dtype, svd_method, cache_dir
         self.allow_pickle, self.trust_remote_code, self.zoo = allow_pickle, trust_remote_code, zoo
+        self.profile = profile  # collect per-stage times into the result and the manifest (--profile)
         self._checkpoints: dict[str, "Checkpoint"] = {}
         self._subspaces: "AlignmentSubspaces | None" = None
 
@@ -86,9 +89,10 @@ class AnalysisContext:
         from ..models import load_model, load_tokenizer
 
         path, label = self.path(role), self.label(role)
-        tokenizer = load_tokenizer(path, trust_remote_code=self.trust_remote_code, role=label)
-        model = load_model(path, dtype=self.dtype, device=self.device, trust_remote_code=self.trust_remote_code,
-                           allow_pickle=self.allow_pickle, role=label)
+        with profiling.stage("load"):
+            tokenizer = load_tokenizer(path, trust_remote_code=self.trust_remote_code, role=label)
+            model = load_model(path, dtype=self.dtype, device=self.device, trust_remote_code=self.trust_remote_code,
+                               allow_pickle=self.allow_pickle, role=label)
         try:
             yield model, tokenizer
         finally:
@@ -105,11 +109,13 @@ class RunSettings:
     device: str = "cpu"
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    profile: bool = False
 
     def settings(self) -> dict[str, Any]:
         """These settings as AnalysisContext keywords."""
         return {"cache_dir": self.cache_dir, "svd_method": self.svd_method, "device": self.device,
-                "allow_pickle": self.allow_pickle, "trust_remote_code": self.trust_remote_code}
+                "allow_pickle": self.allow_pickle, "trust_remote_code": self.trust_remote_code,
+                "profile": self.profile}
 
 
 @dataclass
@@ -120,6 +126,7 @@ class AnalysisResult:
     run_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    profile: list[dict[str, Any]] | None = None  # per-stage times (profiling.Profile.table) when profiled
 
     def manifest(self) -> dict[str, Any]:
         """What the run directory's manifest records beyond versions, timing, notes and inputs."""
@@ -211,11 +218,18 @@ def run_analysis(analysis: Analysis, context: AnalysisContext, out: Path, *, loc
         check_run_dir(out, identity, kind=analysis.run_kind)
         if before is not None:
             before()
-        result = run_parts(analysis, context)
-        extra = dict(after(result)) if after is not None else {}
+        with profiling.collecting(getattr(context, "profile", False)) as profile:
+            result = run_parts(analysis, context)
+            extra = dict(after(result)) if after is not None else {}
         result.seconds, result.run_dir = time.time() - started, Path(out)
         manifest = {**result.manifest(), **extra, "seconds": round(result.seconds, 3), "notes": result.notes,
                     "inputs": identity}
+        if profile is not None:
+            result.profile = manifest["profile"] = profile.table()
         write_run_dir(out, identity, kind=analysis.run_kind, manifest=manifest, tables={analysis.table: result.rows},
                       extra=lambda stage: analysis.write_files(result, stage))
+    if analysis.uses_spectra:
+        from ..spectra import evict_to_budget
+
+        evict_to_budget(context.cache_dir)
     return result

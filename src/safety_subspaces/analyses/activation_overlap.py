@@ -23,6 +23,7 @@ from ..errors import UserError
 from ..model_dir import read_config, resolve_model
 from ..names import check_name
 from ..plots import activation_overlap_figure
+from ..profiling import stage
 from ..spectra import Spectrum
 from ..tables import ACTIVATION_OVERLAP
 from . import ANALYSES, Analysis, AnalysisContext, AnalysisResult, RunSettings, run_analysis
@@ -355,12 +356,13 @@ class ActivationOverlap(Analysis):
         moments = {}
         with progress.bar(f"activations of {model_name}", total=sum(len(sets[n]) for n in needed)) as update:
             for set_name in needed:
-                moments[set_name] = capture(
-                    model, tokenizer, sets[set_name], indices, window=self.window, chat=self.chat,
-                    batch_size=self.batch_size, max_length=self.max_length,
-                    keep=self.save_activations or (band if self.bootstrap else False),
-                    model_name=role, on_batch=lambda count, s=set_name: update(count, status=s), stats=stats,
-                )
+                with stage("capture"):
+                    moments[set_name] = capture(
+                        model, tokenizer, sets[set_name], indices, window=self.window, chat=self.chat,
+                        batch_size=self.batch_size, max_length=self.max_length,
+                        keep=self.save_activations or (band if self.bootstrap else False),
+                        model_name=role, on_batch=lambda count, s=set_name: update(count, status=s), stats=stats,
+                    )
         per_layer = model_rows(model_name, moments, indices, self.pairs, self.etas, self.window.label)
         rows = [*band_rows(per_layer, band), *per_layer]
         if self.bootstrap:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from .. import __version__, layout, linalg, paper, progress
+from .. import __version__, layout, linalg, paper, profiling, progress
 from ..checkpoints import Checkpoint, TensorFilter, check_compatible, layer_index, write_checkpoint
 from ..edits import EditInputs, ProjectionSpec, check_fraction, make_edit
 from ..edits.apply import edited_state
@@ -23,7 +23,7 @@ from ..files import staged_dir
 from ..names import check_name
 from ..registry import Spec
 from ..spectra import difference, null_dirs_summary
-from ..subspaces import SUBSPACES, AlignmentSubspaces
+from ..subspaces import SUBSPACES, AlignmentSubspaces, Columns
 from ..tables import ENERGY
 from . import ANALYSES, Analysis, AnalysisContext, AnalysisResult, RunSettings, run_analysis
 from .common import check_svd_method
@@ -55,23 +55,34 @@ def tensor_energies(
     kinds: Sequence[str],
     fractions: Sequence[float],
 ) -> list[TensorEnergies]:
-    """One tensor's energies for every fine-tune, kind and fraction from a single decomposition."""
+    """One tensor's energies for every fine-tune, kind and fraction from a single decomposition.
+
+    Per fine-tune: one float64 pass for ||Δ_T||² and <Δ_T, Δ_A/S>, one product Uᵀ Δ_T over the columns of U that
+    the column kinds use (top_k and random_k share it), and one product per dense frame; ||Δ_A/S||² is the
+    spectrum's exact total.
+    """
     delta_align = subspaces.delta_align(name)
     spectrum = subspaces.spectrum(name, delta_align)
     ranks = {fraction: subspaces.rank(name, fraction) for fraction in fractions}
     k_max = max(ranks.values())
-    frames = {kind: subspaces.frame(name, kind, k_max) for kind in kinds}
-    total_align = linalg.frobenius_sq(delta_align)
+    choices = {kind: subspaces.choice(name, kind, k_max) for kind in kinds}
+    columns = {kind: c.indices(k_max) for kind, c in choices.items() if isinstance(c, Columns)}
+    frames = {kind: c for kind, c in choices.items() if not isinstance(c, Columns)}
+    left = spectrum.left.to(subspaces.device) if columns else None
+    ks = [ranks[f] for f in fractions]
     out = []
     for finetune, checkpoint in finetunes.items():
         delta_task = difference(checkpoint, subspaces.reference, name, device=subspaces.device)
+        with profiling.stage("products"):
+            total_task, dot = linalg.norm_sq_and_inner(delta_task, delta_align)
+            energies = linalg.selected_coefficient_energies(left, delta_task, columns) if columns else {}
+            energies.update({kind: linalg.coefficient_energies(frame, delta_task) for kind, frame in frames.items()})
         record = TensorEnergies(
-            finetune, name, layer_index(name), linalg.frobenius_sq(delta_task), total_align,
-            linalg.inner(delta_task, delta_align), spectrum.is_zero, spectrum.rank, spectrum.null_dirs, ranks,
+            finetune, name, layer_index(name), total_task, spectrum.total, dot, spectrum.is_zero, spectrum.rank,
+            spectrum.null_dirs, ranks,
         )
-        for kind, frame in frames.items():
-            energies = linalg.parallel_energies(frame, delta_task, [ranks[f] for f in fractions])
-            for fraction, energy in zip(fractions, energies):
+        for kind in kinds:
+            for fraction, energy in zip(fractions, linalg.cumulative_energies(energies[kind], ks)):
                 record.parallel[(kind, fraction)] = energy
         out.append(record)
         del delta_task  # free it before the next fine-tune's is read
@@ -369,7 +380,7 @@ def write_models(config: ProjectConfig, context: AnalysisContext, targets: list[
         return []
     written = []
     subspaces = context.subspaces()
-    with staged_dir(Path(config.models_out)) as stage:  # type: ignore[arg-type]
+    with profiling.stage("write"), staged_dir(Path(config.models_out)) as stage:  # type: ignore[arg-type]
         for finetune, spec, directory in progress.track(targets, "writing edited models"):
             edit = make_edit(spec, "--write")
             relative = directory.relative_to(config.models_out)  # type: ignore[arg-type]

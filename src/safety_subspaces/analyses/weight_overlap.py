@@ -21,6 +21,7 @@ from ..checkpoints import Checkpoint, TensorFilter, check_compatible, layer_inde
 from ..errors import UserError
 from ..names import check_name
 from ..plots import weight_overlap_figure
+from ..profiling import stage
 from ..spectra import Spectrum, SpectrumCache, null_dirs_summary
 from ..tables import WEIGHT_OVERLAP
 from . import ANALYSES, Analysis, AnalysisContext, AnalysisResult, RunSettings, run_analysis
@@ -91,7 +92,8 @@ class UpdateSpectra:
         if cached is not None:
             self.reused += 1
             return cached
-        delta = self.update.read(name).to(device=self.device, dtype=torch.float32) - reference_tensor()
+        with stage("read"):
+            delta = self.update.read(name).to(device=self.device, dtype=torch.float32) - reference_tensor()
         spectrum = self.cache.get(name, delta)
         self.computed += 1
         return spectrum
@@ -152,7 +154,8 @@ def overlap_rows(reference: Checkpoint, updates: Mapping[str, Checkpoint], names
             spectra = {key: sources[key].get(name, reference_tensor) for key in needed}
             for key, spectrum in spectra.items():
                 ranks[key][name] = (spectrum.rank, spectrum.r)
-            rows.extend(tensor_rows(name, spectra, pairs, etas, device))
+            with stage("products"):
+                rows.extend(tensor_rows(name, spectra, pairs, etas, device))
             update(1, status=name)
     labels = [pair_label(a, b) for a, b in pairs]
     layers = layer_rows(rows, labels)

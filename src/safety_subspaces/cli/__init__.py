@@ -14,7 +14,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # Each module defines register(subparsers, common) and sets `handler` on its parsers.
 COMMAND_MODULES = ["project", "defend", "finetune", "organism", "evaluate", "overlap", "analyse", "run", "report",
-                   "power"]
+                   "power", "cache"]
 
 DESCRIPTION = """\
 Does safety alignment live in its own linear subspace of weights or activations?
@@ -97,8 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         set_quiet()
     try:
         from ..runtime import configure_threads
+        from ._help import apply_cache_options
 
         configure_threads(args.threads)
+        apply_cache_options(args)
         return int(args.handler(args) or 0)
     except UserError as exc:
         sys.stderr.write(f"error: {exc}\n")

@@ -170,3 +170,43 @@ def rank_line(summary: dict, what: str) -> str:
     return (f"numerical rank of {what}: {summary['tensors_with_null_dirs']} of {summary['tensors']} tensors have "
             f"numerically zero directions ({summary['null_dirs']} in all; {summary['zero_tensors']} tensors entirely "
             "zero), left out of every basis")
+
+
+def add_cache_options(parser: argparse.ArgumentParser) -> None:
+    """Add --cache-budget and --cache-dtype (process-wide SVD cache settings; see `safety-subspaces cache`)."""
+    parser.add_argument("--cache-budget", type=at_least(0.0, float), metavar="GB",
+                        help="SVD cache size budget in GB: least recently used entries are evicted beyond it at the end "
+                             "(default 20; env SAFETY_SUBSPACES_CACHE_BUDGET)")
+    parser.add_argument("--cache-dtype", choices=["float32", "float16"],
+                        help="store new cached factors in float32 (default, exact) or float16 (half the disk; energies "
+                             "within 2e+e² of exact, e = the factor's recorded rounding error; env SAFETY_SUBSPACES_CACHE_DTYPE)")
+
+
+def apply_cache_options(args: argparse.Namespace) -> None:
+    """Make --cache-budget / --cache-dtype the process's (and its workers') settings."""
+    import os
+
+    from ..spectra import BUDGET_ENV, DTYPE_ENV
+
+    if getattr(args, "cache_budget", None) is not None:
+        os.environ[BUDGET_ENV] = repr(args.cache_budget)
+    if getattr(args, "cache_dtype", None):
+        os.environ[DTYPE_ENV] = args.cache_dtype
+
+
+def add_profile(parser: argparse.ArgumentParser) -> None:
+    """Add --profile (per-stage wall and CPU seconds, printed and written to the manifest's `profile`)."""
+    parser.add_argument("--profile", action="store_true",
+                        help="time each stage (read, decompose, cache, frames, products, write, evaluate, swap, load): "
+                             "print the table and write it to the manifest's `profile`")
+
+
+def print_profile(rows: list[dict] | None) -> None:
+    """Print a profile table to stderr (stdout stays the command's result, e.g. its --json)."""
+    import sys
+
+    from ..profiling import format_table
+
+    if rows:
+        print("profile (exclusive wall and CPU seconds per stage):", file=sys.stderr)
+        print(format_table(rows), file=sys.stderr)

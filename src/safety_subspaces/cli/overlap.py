@@ -9,7 +9,18 @@ import sys
 from pathlib import Path
 
 from .. import paper
-from ._help import add_allow_pickle, add_command, add_svd_method, csv_list, key_value, name_help, rank_line
+from ._help import (
+    add_allow_pickle,
+    add_cache_options,
+    add_command,
+    add_profile,
+    add_svd_method,
+    csv_list,
+    key_value,
+    name_help,
+    print_profile,
+    rank_line,
+)
 
 ETA_DEFAULT = ",".join(f"{eta:g}" for eta in paper.ETAS)
 
@@ -90,6 +101,8 @@ def register_weights(analyses, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="where to decompose: auto, cpu, cuda (default auto)")
     add_allow_pickle(parser)
     parser.add_argument("--trust-remote-code", action="store_true", help="accept models that declare custom code")
+    add_profile(parser)
+    add_cache_options(parser)
 
 
 def register_activations(analyses, common: argparse.ArgumentParser) -> None:
@@ -129,6 +142,7 @@ def register_activations(analyses, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="run directory (config.yaml, manifest.json, activation_overlap.csv, figures/)")
     add_allow_pickle(parser)
     parser.add_argument("--trust-remote-code", action="store_true", help="accept models that declare custom code")
+    add_profile(parser)
 
 
 def named(items, flag: str) -> dict[str, str]:
@@ -174,9 +188,10 @@ def run_weights(args: argparse.Namespace) -> int:
         reference=args.reference, updates=named(args.update, "--update"), out=args.out, etas=args.eta,
         tensors=args.tensors, layers=args.layers, percentiles=args.depth_percentiles, pairs=args.pairs,
         cache_dir=args.cache_dir, svd_method=args.svd_method, device=device_of(args.device),
-        allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
+        allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code, profile=args.profile,
     )
     result = run_weight_overlap(config)
+    print_profile(result.profile)
     depth = [row for row in result.rows if row["scope"] == "depth"]
     ranks = {update: null_dirs_summary(by_tensor) for update, by_tensor in result.ranks.items()}
     if args.json:
@@ -208,9 +223,10 @@ def run_activations(args: argparse.Namespace) -> int:
         chat=not args.raw_prompts, all_layers=args.all_layers, pairs=args.pairs, batch_size=args.batch_size,
         max_length=args.max_length, dtype=args.dtype, device=device_of(args.device),
         save_activations=args.save_activations, trust_remote_code=args.trust_remote_code, zoo=args.zoo,
-        allow_pickle=args.allow_pickle,
+        allow_pickle=args.allow_pickle, profile=args.profile,
     )
     result = run_activation_overlap(config)
+    print_profile(result.profile)
     band = [row for row in result.rows if row["scope"] == "band"]
     if args.json:
         json.dump({"run_dir": str(result.run_dir), "bands": result.bands, "prompt_counts": result.counts,

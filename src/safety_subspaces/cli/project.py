@@ -10,13 +10,16 @@ from pathlib import Path
 from .. import paper
 from ._help import (
     add_allow_pickle,
+    add_cache_options,
     add_command,
+    add_profile,
     add_spec_options,
     add_svd_method,
     csv_list,
     key_value,
     name_help,
     positive,
+    print_profile,
     rank_line,
     show_registries,
     specs,
@@ -75,6 +78,8 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="where to decompose and project: auto, cpu, cuda (default auto)")
     add_allow_pickle(parser)
     parser.add_argument("--trust-remote-code", action="store_true", help="accept models that declare custom code")
+    add_profile(parser)
+    add_cache_options(parser)
     show_registries(parser, ("safety_subspaces.subspaces", "SUBSPACES"), ("safety_subspaces.edits", "EDITS"))
 
 
@@ -112,8 +117,10 @@ def run(args: argparse.Namespace) -> int:
         device=resolve_device(args.device),
         allow_pickle=args.allow_pickle,
         trust_remote_code=args.trust_remote_code,
+        profile=args.profile,
     )
     result = run_project(config)
+    print_profile(result.profile)
     model_rows = [row for row in result.rows if row["scope"] == "model"]
     ranks = null_dirs_summary(result.ranks)
     if args.json:

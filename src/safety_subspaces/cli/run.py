@@ -7,7 +7,16 @@ import json
 import sys
 from pathlib import Path
 
-from ._help import add_allow_pickle, add_command, add_spec_options, at_least, show_registries
+from ._help import (
+    add_allow_pickle,
+    add_cache_options,
+    add_command,
+    add_profile,
+    add_spec_options,
+    at_least,
+    print_profile,
+    show_registries,
+)
 
 EXAMPLES = """\
   safety-subspaces run                                  # the built-in organism study (builds the zoo if absent)
@@ -38,6 +47,8 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
                              "local prompt sets against n, data files, judge settings), then exit without running a job")
     add_allow_pickle(parser)
     parser.add_argument("--no-report", action="store_true", help="skip writing the report")
+    add_profile(parser)
+    add_cache_options(parser)
     show_registries(parser, ("safety_subspaces.study.executors", "EXECUTORS"))
 
 
@@ -70,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  power: {line}")
         return 0
     result = run_study(study, out, force=args.force, report=not args.no_report, device=args.device,
-                       threads=args.threads)
+                       threads=args.threads, profile=args.profile)
+    print_profile(result.profile)
     summary = {"run_dir": str(result.run_dir), "jobs": result.planned, "skipped": result.skipped,
                "completed": result.completed, "failed": len(result.failed), "seconds": round(result.seconds, 1),
                "report": str(result.report) if result.report else None}

@@ -12,6 +12,7 @@ from ..errors import UserError
 from ..registry import Spec
 from ..subspaces import AlignmentSubspaces
 from . import Edit, EditInputs, ProjectionSpec, make_edit
+from .projections import Projection
 
 EditLike = Edit | ProjectionSpec | Spec | str
 
@@ -30,7 +31,10 @@ def edited_weight(edit: Edit | None, inputs: EditInputs, name: str, selected: bo
     if exact == "reference":
         return weight
     delta_task = inputs.delta_task(name)
-    return linalg.add_update(weight.to(inputs.device), edit.delta(inputs, name, delta_task)).cpu()
+    update = edit.delta(inputs, name, delta_task)
+    del delta_task
+    # a projection's update is its own new buffer: W is added into it (no whole float32 copy of W)
+    return linalg.add_update(weight.to(inputs.device), update, consume=isinstance(edit, Projection)).cpu()
 
 
 def prepared(edit: Edit | None, inputs: EditInputs, names: Sequence[str], select: Callable[[str], bool]) -> None:

@@ -53,9 +53,11 @@ class Projection(Edit):
 
     @classmethod
     def combine(cls, matrix: "torch.Tensor", parallel: "torch.Tensor") -> "torch.Tensor":
-        """Δ̃ from Δ_T (as a matrix) and P Δ_T."""
-        kept = matrix - parallel if cls.complement else parallel
-        return kept if cls.sign > 0 else -kept
+        """Δ̃ from Δ_T (as a matrix) and P Δ_T, written over parallel's buffer (which it consumes: no new m x n tensor)."""
+        import torch
+
+        kept = torch.sub(matrix, parallel, out=parallel) if cls.complement else parallel
+        return kept if cls.sign > 0 else kept.neg_()
 
     @classmethod
     def kept_energy(cls, parallel: float, total: float) -> float:

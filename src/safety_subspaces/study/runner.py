@@ -39,6 +39,7 @@ class RunResult:
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     report: Path | None = None
+    profile: list[dict[str, Any]] | None = None  # stage times summed over this run's jobs (run --profile)
 
 
 @dataclass
@@ -174,13 +175,13 @@ def record(store: Store, outcome: Outcome) -> None:
 
 
 def execute(study: Study, made: Materialised, pending: list[Job], result: RunResult, *, device: str,
-            threads: int | None) -> None:
+            threads: int | None, profile: bool = False) -> None:
     """Stage 4: run pending jobs on the configured executor with a progress bar; stop at the first user error."""
     from ..runtime import resolve_device
 
     context = Context(study_document(study), made.paths, str(made.run_dir),
                       resolve_device(study.device if device == "auto" else device), threads or study.threads,
-                      pass_environment())
+                      pass_environment(), profile=profile)
     runner = make_executor(context, study.executor)
     try:
         with progress.bar(f"study {study.name}", total=len(pending)) as update:
@@ -204,8 +205,37 @@ def execute(study: Study, made: Materialised, pending: list[Job], result: RunRes
 # ---------------------------------------------------------------- the five stages
 
 
+def job_profile(run_dir: Path, jobs: list[Job]) -> list[dict[str, Any]]:
+    """Stage times summed over the given jobs' profiles (RUN_DIR/profile/JOB.json; jobs without one are skipped)."""
+    import json
+
+    from ..profiling import Profile
+
+    total = Profile()
+    for job in jobs:
+        path = run_dir / layout.PROFILES / f"{job.id}.json"
+        if path.is_file():
+            stages = json.loads(path.read_text())["stages"]
+            total.merge(stages)
+            wall = next((r for r in stages if r["stage"] == "total"), None)
+            if wall is not None:
+                total.wall += wall["wall_s"]
+                total.cpu += wall["cpu_s"]
+    return total.table()
+
+
+def add_profile_to_manifest(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """Record a run's summed stage times in the study manifest (`profile`)."""
+    import json
+
+    path = run_dir / layout.MANIFEST
+    manifest = json.loads(path.read_text())
+    write_json(path, {**manifest, "profile": {"aggregation": "sum over the jobs run by this invocation",
+                                              "stages": rows}})
+
+
 def run_study(study: Study, out: Path, *, force: bool = False, report: bool = True, device: str = "auto",
-              threads: int | None = None) -> RunResult:
+              threads: int | None = None, profile: bool = False) -> RunResult:
     """Resolve, materialise, plan, execute and report a study; finished jobs of an earlier run are kept.
 
     Nothing is created before the inputs are checked; the run directory is locked while the study runs.
@@ -216,7 +246,13 @@ def run_study(study: Study, out: Path, *, force: bool = False, report: bool = Tr
         jobs, pending = plan_jobs(study, made)
         result = RunResult(made.run_dir, len(jobs), len(jobs) - len(pending), 0)
         if pending:
-            execute(study, made, pending, result, device=device, threads=threads)
+            execute(study, made, pending, result, device=device, threads=threads, profile=profile)
+        if profile:
+            result.profile = job_profile(made.run_dir, pending)
+            add_profile_to_manifest(made.run_dir, result.profile)
+        from ..spectra import evict_to_budget
+
+        evict_to_budget()  # the workers' cache (the default root) back within its budget, least recently used first
         result.seconds = time.time() - started
         if report:
             from .report import write_report

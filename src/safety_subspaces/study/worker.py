@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from .. import layout, profiling
 from ..analyses import AnalysisContext
+from ..files import write_json
 from .config import Study, parse_study
 from .jobs import Job, kind_of
 
@@ -26,6 +28,7 @@ class Context:
     device: str = "cpu"
     threads: int | None = None
     environment: dict[str, str] = field(default_factory=dict)
+    profile: bool = False  # write each job's stage times to RUN_DIR/profile/JOB.json
 
 
 class Worker:
@@ -91,9 +94,10 @@ class Worker:
             from ..models import load_model, load_tokenizer
 
             path = self.context.models[self.reference]
-            model = load_model(path, dtype=self.study.dtype, device=self.context.device, role=self.reference,
-                               allow_pickle=self.study.allow_pickle)
-            self._resident = (model, load_tokenizer(path, role=self.reference))
+            with profiling.stage("load"):
+                model = load_model(path, dtype=self.study.dtype, device=self.context.device, role=self.reference,
+                                   allow_pickle=self.study.allow_pickle)
+                self._resident = (model, load_tokenizer(path, role=self.reference))
         return self._resident
 
     def live(self, seed: int | None = None):
@@ -138,7 +142,13 @@ class Worker:
     def run(self, job: Job) -> tuple[Rows, float]:
         """Run one job with its kind's handler; return its (table, row) results and its wall time."""
         start = time.perf_counter()
-        rows = kind_of(job.kind).run(self, job)
+        with profiling.collecting(self.context.profile) as profile:
+            # an evaluate job's time outside its nested stages (swap, load, read, ...) is generation and judging
+            with profiling.stage("evaluate") if job.kind in ("evaluate", "defence") else nullcontext():
+                rows = kind_of(job.kind).run(self, job)
+        if profile is not None:
+            write_json(self.run_dir / layout.PROFILES / f"{job.id}.json",
+                       {"job": job.id, "kind": job.kind, "label": job.label, "stages": profile.table()})
         return rows, time.perf_counter() - start
 
 

@@ -4,13 +4,14 @@ A kind is a registered function (spectrum, k, seed) -> frame: either `Columns` (
 vectors U, in U's order or a seeded order) or a dense m × k orthonormal tensor. The seed is derived from
 (study seed, tensor name, kind), so a tensor's subspace does not depend on which other tensors are visited; a kind
 orders its directions once per tensor and the frame for k is the first k of that order, so subspaces are nested
-across fractions. Adding a kind is one new module in this package (or a plugin, entry-point group
+across fractions. A dense frame (the `random` kind's Haar frame) is built once per (kind, seed, tensor, k) and kept
+in the SVD cache beside the spectrum, so later runs and in-memory swaps read it instead of regenerating it; column
+kinds cost a gather. Adding a kind is one new module in this package (or a plugin, entry-point group
 `safety_subspaces.subspaces`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import torch
 from .. import defence_math, linalg
 from ..checkpoints import Checkpoint
 from ..memo import TensorMemo
+from ..profiling import stage
 from ..registry import Registry
 from ..errors import UserError
 from ..runtime import stable_seed
@@ -38,6 +40,10 @@ class Columns:
         """The first k columns of the frame."""
         return left[:, :k] if self.order is None else left[:, self.order[:k]]
 
+    def indices(self, k: int) -> torch.Tensor:
+        """The indices of U's columns that make the first k columns of the frame."""
+        return torch.arange(k) if self.order is None else self.order[:k]
+
 
 def deterministic(factory):
     """Mark a subspace kind whose frame ignores the seed (top_k): studies give it one frame, whatever random_seeds is."""
@@ -50,15 +56,26 @@ def is_seeded(kind: str) -> bool:
     return bool(getattr(SUBSPACES.get(kind, "subspace kind").factory, "seeded", True))
 
 
-def kind_frame(kind: str, spectrum: Spectrum, k: int, seed: int) -> torch.Tensor:
-    """The first k orthonormal columns of a kind's frame for one tensor's spectrum (on the spectrum's device)."""
+def checked_frame(kind: str, frame: torch.Tensor, m: int, k: int) -> torch.Tensor:
+    """A dense frame, refused (ValueError naming the kind) unless it is m x k."""
+    if tuple(frame.shape) != (m, k):
+        raise ValueError(f"subspace kind {kind!r} gave a frame of shape {tuple(frame.shape)}, not {(m, k)}")
+    return frame
+
+
+def kind_choice(kind: str, spectrum: Spectrum, k: int, seed: int) -> Columns | torch.Tensor:
+    """What a kind gives for one tensor's spectrum: Columns of U, or its first k dense orthonormal columns."""
     if k > spectrum.rank:
         raise ValueError(f"k = {k} exceeds the {spectrum.rank} available directions")
     made = SUBSPACES.build(kind, "subspace kind", spectrum=spectrum, k=k, seed=seed)
+    return made if isinstance(made, Columns) else checked_frame(kind, made, spectrum.left.shape[0], k)
+
+
+def kind_frame(kind: str, spectrum: Spectrum, k: int, seed: int) -> torch.Tensor:
+    """The first k orthonormal columns of a kind's frame for one tensor's spectrum (on the spectrum's device)."""
+    made = kind_choice(kind, spectrum, k, seed)
     frame = made.take(spectrum.left, k) if isinstance(made, Columns) else made
-    if tuple(frame.shape) != (spectrum.left.shape[0], k):
-        raise ValueError(f"subspace kind {kind!r} gave a frame of shape {tuple(frame.shape)}, not {(spectrum.left.shape[0], k)}")
-    return frame.to(spectrum.left.device)
+    return checked_frame(kind, frame, spectrum.left.shape[0], k).to(spectrum.left.device)
 
 
 class AlignmentSubspaces:
@@ -70,6 +87,7 @@ class AlignmentSubspaces:
         self.cache = SpectrumCache(reference, base, root=cache_root, method=method, device=device)
         self._current: tuple[str, Spectrum] | None = None
         self._kept = TensorMemo(keep_bytes)  # spectra kept in memory between uses (workers swapping many edits)
+        self._column_kinds: set[str] = set()  # kinds seen to give Columns (no frame cache look-up for them)
 
     def delta_align(self, name: str) -> torch.Tensor:
         """Δ_A/S of one tensor in float32."""
@@ -86,11 +104,35 @@ class AlignmentSubspaces:
         spectrum = self.spectrum(name)
         return linalg.rank_from_fraction(fraction, spectrum.r, spectrum.rank)
 
+    def kind_seed(self, name: str, kind: str) -> int:
+        """The seed of a kind's random choices for one tensor: from (study seed, tensor name, kind)."""
+        return stable_seed(self.seed, name, kind)
+
+    def choice(self, name: str, kind: str, k: int) -> Columns | torch.Tensor:
+        """A kind's first k directions for a tensor: Columns of U, or a dense frame on the device (built once, cached).
+
+        A dense frame is kept in the SVD cache under (kind, seed, k), with the bits of the kind's own construction.
+        """
+        spectrum = self.spectrum(name)
+        seed = self.kind_seed(name, kind)
+        key = f"{kind}.s{seed}.k{k}"
+        cached = None if kind in self._column_kinds else self.cache.load_frame(name, key)
+        if cached is not None:
+            return checked_frame(kind, cached, spectrum.left.shape[0], k).to(self.device)
+        with stage("frames"):
+            choice = kind_choice(kind, spectrum, k, seed)
+        if isinstance(choice, Columns):
+            self._column_kinds.add(kind)
+            return choice
+        self.cache.store_frame(name, key, choice)
+        return choice.to(self.device)
+
     def frame(self, name: str, kind: str, k: int) -> torch.Tensor:
         """The first k columns of the subspace frame of a kind; seeded by (seed, tensor name, kind)."""
-        spectrum = self.spectrum(name)
-        local = dataclasses.replace(spectrum, left=spectrum.left.to(self.device))
-        return kind_frame(kind, local, k, stable_seed(self.seed, name, kind))
+        choice = self.choice(name, kind, k)
+        if isinstance(choice, Columns):
+            return choice.take(self.spectrum(name).left.to(self.device), k)
+        return choice
 
     def operator(self, name: str, projector: str, kind: str, fraction: float | None = None) -> defence_math.AlignmentOperator:
         """Safe LoRA's C (projector safe_lora) or P_k at a rank fraction (exact) of a tensor, built on a kind's frame.

@@ -76,5 +76,6 @@ def make_executor(context: Any, spec: Spec) -> BaseExecutor:
 def pass_environment() -> dict[str, str]:
     """Environment settings workers inherit (offline flags, caches, the zoo, threads, the judge key variable name)."""
     keys = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "SAFETY_SUBSPACES_HOME",
-            "SAFETY_SUBSPACES_ZOO", "SAFETY_SUBSPACES_THREADS", "SAFETY_SUBSPACES_QUIET")
+            "SAFETY_SUBSPACES_ZOO", "SAFETY_SUBSPACES_THREADS", "SAFETY_SUBSPACES_QUIET",
+            "SAFETY_SUBSPACES_CACHE_BUDGET", "SAFETY_SUBSPACES_CACHE_DTYPE")
     return {key: os.environ[key] for key in keys if key in os.environ}

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ... import layout
 from ...edits import EDITS
+from ...profiling import stage
 from ...registry import Spec
 from ...tables import EVALUATION, ITEMS
 from ..config import Benign, Harm, Utility
@@ -108,7 +109,8 @@ class Evaluating(JobKind):
             extra["seed"] = spec.seed  # the frame seed of a random subspace kind (one of random_seeds)
         if spec.edit is not None and set(spec.edit.options) - set(LABELLED_OPTIONS):
             extra["edit_options"] = {k: v for k, v in spec.edit.options.items() if k not in LABELLED_OPTIONS}
-        model, tokenizer, more = self.swap_in(worker, spec)
+        with stage("swap"):
+            model, tokenizer, more = self.swap_in(worker, spec)
         extra.update(more)
         rows: list[dict[str, Any]] = []
         items: list[dict[str, Any]] = []
@@ -139,6 +141,7 @@ class Evaluating(JobKind):
                 rows.extend({**row, "metric_group": metric} for row in result.rows)
                 items.extend({**record, "metric_group": metric} for record in result.items or [])
         finally:
-            worker.live().restore()
+            with stage("swap"):
+                worker.live().restore()
         return [*((EVALUATION.name, {**row, **extra}) for row in rows),
                 *((ITEMS.name, {**record, **extra}) for record in items)]
