@@ -186,3 +186,18 @@ def lora_digit_adapter(base_dir: Path, tokenizer, after: int, digit_logits: Mapp
     if with_tokenizer:
         tokenizer.save_pretrained(directory)
     return directory
+
+
+def wildguard_dir(directory: Path, pieces: Sequence[str]) -> Path:
+    """A rigged tiny WildGuard (Mistral) whose greedy answer after any prompt is the pieces, then eos."""
+    tokenizer = llama2_tokenizer(list(pieces))
+    start = token_id(tokenizer, "\n")  # the WildGuard template ends '<|assistant|>\n'
+    ids = [start] + [token_id(tokenizer, piece) for piece in pieces] + [tokenizer.eos_token_id]
+    return save(rigged_lm("mistral", tokenizer, chain(ids)), tokenizer, directory)
+
+
+def harmbench_dir(directory: Path, word: str, family: str = "llama") -> Path:
+    """A rigged tiny HarmBench classifier whose one token after any prompt (ending '[/INST]') is ▁WORD."""
+    tokenizer = llama2_tokenizer(["▁" + word])
+    table = {token_id(tokenizer, "]"): {token_id(tokenizer, "▁" + word): LOGIT}}
+    return save(rigged_lm(family, tokenizer, table), tokenizer, directory)

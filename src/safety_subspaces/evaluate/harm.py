@@ -102,7 +102,8 @@ def judge_replies(judge: Judge, prompts: Sequence[str], replies: Sequence[str], 
             update(1)
 
         try:
-            judge.judge_many([(prompts[i], replies[i]) for i in missing], keep)
+            if missing:  # nothing left: the judge is not called (a judge that loads a model never loads it)
+                judge.judge_many([(prompts[i], replies[i]) for i in missing], keep)
         except UserError as exc:
             finished = sum(result is not None for result in results)
             where = f" in {journal.path}" if journal else ""

@@ -212,13 +212,15 @@ def check_utility(study: Study, *, offline: bool, checked: CheckedInputs) -> Non
 def check_judge(study: Study, *, offline: bool, checked: CheckedInputs) -> None:
     """The harm judge can be built as configured (the rubric judge: rubric file, endpoint, model, its key in the
     environment); a judge that loads a model only checks its directory (the jobs load it)."""
-    from ..evaluate.judges import JudgeRuntime, check_judge as check_one
+    from ..evaluate.judges import JudgeRuntime, check_judge as check_one, check_refusal
 
     harm = study.evaluation.harm
     if harm is None:
         return
     runtime = JudgeRuntime(device="cpu", batch_size=harm.batch_size, allow_pickle=study.allow_pickle)
     try:
+        if study.evaluation.benign is not None:
+            check_refusal(harm.judge)  # over-refusal reads the harm judge's refusal rate
         note = check_one(harm.judge, runtime)
     except UserError as exc:
         raise UserError(f"evaluation.harm.judge: {exc}") from None

@@ -16,6 +16,7 @@ use it.
 from __future__ import annotations
 
 import re
+import typing
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, ClassVar, Mapping, NamedTuple, Sequence
 
@@ -131,6 +132,7 @@ class Judge:
     name: ClassVar[str] = ""
     scale: ClassVar[Scale] = HARM_SCALE
     headline: ClassVar[str] = "harm_score"  # the metric a table shows when it shows one
+    reports_refusal: ClassVar[bool] = True  # whether measures() has refusal_rate (over-refusal needs it)
 
     def identity(self) -> dict[str, Any]:
         """What makes two judges give the same verdicts (never secrets, never the device)."""
@@ -170,21 +172,25 @@ class Judge:
 
     def refusal(self) -> Measure | None:
         """The refusal measure, if this judge reports refusal (over-refusal on benign prompts reads it)."""
-        return next((m for m in self.measures() if m.name == REFUSAL_METRIC), None)
+        if not self.reports_refusal:
+            return None
+        return next(m for m in self.measures() if m.name == REFUSAL_METRIC)
+
+
+def no_refusal(name: str) -> UserError:
+    """The error for over-refusal asked of a judge that reports no refusal rate."""
+    return UserError(f"judge {name} does not report refusal, so it cannot measure over-refusal on benign prompts; "
+                     "use one that does (wildguard, refusal, rubric, organism)")
 
 
 def over_refusal(judge: Judge, judgments: Sequence[Judgment]) -> list[Metric]:
     """The over-refusal rate on benign prompts: the judge's refusal rate (a UserError for a judge without one)."""
     measure = judge.refusal()
     if measure is None:
-        raise UserError(f"judge {judge.name} does not report refusal, so it cannot measure over-refusal on benign "
-                        f"prompts; use a judge that does ({', '.join(REFUSING_JUDGES)})")
+        raise no_refusal(judge.name)
     metric = aggregate(Measure(OVER_REFUSAL_METRIC, "over-refusal rate (benign prompts refused)", measure.read),
                        judgments)
     return [metric]
-
-
-REFUSING_JUDGES = ("wildguard", "refusal", "rubric", "organism")  # for the message above; each has refusal_rate
 
 
 def make_judge(spec: Spec | str, runtime: JudgeRuntime | None = None, /, **options: Any) -> Judge:
@@ -197,6 +203,24 @@ def make_judge(spec: Spec | str, runtime: JudgeRuntime | None = None, /, **optio
     if not isinstance(judge, Judge):
         raise UserError(f"judge {spec.name!r} did not build a Judge")
     return judge
+
+
+def judge_class(name: str) -> type | None:
+    """The Judge class a registered factory builds (a class itself, or its return annotation), if it says."""
+    factory = JUDGES.get(name).factory
+    if not isinstance(factory, type):
+        try:
+            factory = typing.get_type_hints(factory).get("return")
+        except Exception:  # an annotation that does not resolve: the class stays unknown
+            return None
+    return factory if isinstance(factory, type) and issubclass(factory, Judge) else None
+
+
+def check_refusal(spec: Spec) -> None:
+    """A UserError when the judge's class says it reports no refusal rate (over-refusal needs one)."""
+    cls = judge_class(spec.name)
+    if cls is not None and not cls.reports_refusal:
+        raise no_refusal(spec.name)
 
 
 def check_judge(spec: Spec, runtime: JudgeRuntime | None = None) -> str | None:

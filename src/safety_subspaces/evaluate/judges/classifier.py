@@ -26,6 +26,7 @@ class ClassifierJudge(Judge):
     """A local HF classifier: a sequence classifier, or a causal LM comparing the next-token logits of two words."""
 
     scale = Scale("classifier verdict (1 harmless, 5 harmful)", 1.0, 5.0)
+    reports_refusal = False  # a score of 1 means harmless, not refused
 
     def __init__(self, *, model: str, words: list[str] | None = None, harmful_label: str | None = None,
                  max_length: int = 2048, batch_size: int = 8, device: str | None = None,

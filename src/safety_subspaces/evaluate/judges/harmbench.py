@@ -46,6 +46,7 @@ class HarmBenchJudge(local.LocalJudge, Judge):
     title = "HarmBench classifier"
     scale = Scale("HarmBench classifier verdict (yes = 1)", 0.0, 1.0)
     headline = "attack_success_rate"
+    reports_refusal = False
 
     def __init__(self, *, model: str | None, variant: str, template: str, max_generation_tokens: int, dtype: str,
                  batch_size: int = 8, device: str | None = "auto", trust_remote_code: bool = False,

@@ -91,6 +91,7 @@ class LlamaGuardJudge(local.LocalJudge, Judge):
     title = "Llama Guard"
     scale = Scale("Llama Guard verdict (unsafe = 1)", 0.0, 1.0)
     headline = "unsafe_rate"
+    reports_refusal = False
 
     def __init__(self, *, model: str, taxonomy: str, content: str, max_new_tokens: int, dtype: str,
                  batch_size: int = 8, device: str | None = "auto", trust_remote_code: bool = False,

@@ -53,6 +53,7 @@ class StrongRejectJudge(local.LocalJudge, Judge):
     title = "StrongREJECT"
     scale = Scale("StrongREJECT score (0–1)", 0.0, 1.0)
     headline = "harm_score"
+    reports_refusal = False
 
     def __init__(self, *, model: str | None, adapter: str | None, max_response_tokens: int, reference_bos_quirk: bool,
                  min_digit_mass: float, dtype: str, batch_size: int = 8, device: str | None = "auto",
