@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -131,14 +131,50 @@ def harm_rows(judge: Judge, judgments: Sequence[Judgment], labels: Labels, *, be
             for metric in metrics]
 
 
-def _open_run(out_dir: Path, config: Mapping[str, Any]) -> None:
-    """Check an output directory holds this run or nothing, and record the run's config."""
-    from .. import layout
+def _open_run(out_dir: Path, config: Mapping[str, Any], labels: Labels) -> None:
+    """Check an output directory holds this run or nothing, and record the run's config (and, outside the identity,
+    the labels its rows carry, which re-scoring gives the new judge's rows)."""
     from ..rundir import check_run_dir, config_document
 
     if not check_run_dir(out_dir, config, kind=RUN_KIND):
         files.make_dirs(out_dir)
-        files.write_yaml(out_dir / layout.CONFIG, config_document(config, kind=RUN_KIND))
+        files.write_yaml(out_dir / layout.CONFIG, config_document(config, kind=RUN_KIND, labels=asdict(labels)))
+
+
+def others_judged(found: Sequence[Mapping[str, Any]], judge: Judge, digest: str) -> list[Mapping[str, Any]]:
+    """The rows (or samples) of other judges: those with another judge_id (one without a judge_id, written before
+    judges had one, is this judge's when it names this judge)."""
+    def mine(item: Mapping[str, Any]) -> bool:
+        own = item.get("judge_id") or None
+        return own == digest if own else item.get("judge") == judge.name
+
+    return [item for item in found if not mine(item)]
+
+
+def write_judged(directory: Path, judge: Judge, rows: Sequence[Mapping[str, Any]],
+                 samples: Sequence[Mapping[str, Any]]) -> None:
+    """results.csv and samples.jsonl with this judge's rows and samples replacing its earlier ones, other judges'
+    kept (the judge is part of each row's identity)."""
+    from .table import RESULTS, SAMPLES
+
+    digest = judge_digest(judge.identity())
+    kept_rows = others_judged(files.read_csv(directory / RESULTS), judge, digest) if (directory / RESULTS).is_file() else []
+    kept_samples = others_judged(Journal(directory / SAMPLES).read(), judge, digest)
+    write_outputs(directory, [*kept_rows, *rows], [*kept_samples, *samples])
+
+
+def judge_stored(judge: Judge, prompts: Sequence[str], replies: Sequence[str], labels: Labels, *,
+                 benign: bool = False, prompt_set: str = "prompts", directory: Path | None = None) -> HarmResult:
+    """Judge replies already generated (journaled in directory, reused on a rerun), summarise them as rows, and
+    write this judge's rows and samples beside other judges' (evaluate and rescore both end here)."""
+    judgments = judge_replies(judge, prompts, replies, journal=Journal(directory / JUDGMENTS) if directory else None)
+    digest = judge_digest(judge.identity())
+    samples = [{"index": i, "prompt": p, "response": r, **j.as_record(), "judge": judge.name, "judge_id": digest}
+               for i, (p, r, j) in enumerate(zip(prompts, replies, judgments))]
+    rows = harm_rows(judge, judgments, labels, benign=benign, prompts=prompt_set)
+    if directory is not None:
+        write_judged(directory, judge, rows, samples)
+    return HarmResult(rows, samples, directory)
 
 
 def evaluate_harm(
@@ -183,13 +219,7 @@ def evaluate_harm(
     directory = Path(out_dir).expanduser() if out_dir is not None else None
     with files.output_lock(directory) if directory is not None else nullcontext():
         if directory is not None:
-            _open_run(directory, config)
+            _open_run(directory, config, label)
         replies = generate_replies(subject, prompts, chat=chat, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                    journal=Journal(directory / GENERATIONS) if directory else None)
-        judgments = judge_replies(judge, prompts, replies, journal=Journal(directory / JUDGMENTS) if directory else None)
-        samples = [{"index": i, "prompt": p, "response": r, **j.as_record(), "judge": judge.name}
-                   for i, (p, r, j) in enumerate(zip(prompts, replies, judgments))]
-        rows = harm_rows(judge, judgments, label, benign=benign, prompts=prompt_set)
-        if directory is not None:
-            write_outputs(directory, rows, samples)
-    return HarmResult(rows, samples, directory)
+        return judge_stored(judge, prompts, replies, label, benign=benign, prompt_set=prompt_set, directory=directory)
