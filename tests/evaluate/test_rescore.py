@@ -227,3 +227,9 @@ def test_rescore_a_study_adds_store_rows_and_csvs_and_resumes(organism_zoo, tmp_
     assert sum(r["judge"] == "refusal" for r in exported) == len(refusal)
     assert main(["rescore", str(run_dir), "--judge", "refusal", "--json", "--quiet"]) == 0
     assert json.loads(capsys.readouterr().out)["rows"] == []  # all done: nothing judged again
+    assert main(["run", str(study), "--out", str(run_dir), "--quiet"]) == 0  # the study resumes past rescore jobs
+    store = Store(run_dir / "results.sqlite")
+    try:
+        assert store.rows("evaluation") == rows
+    finally:
+        store.close()
