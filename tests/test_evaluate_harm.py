@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -206,7 +207,13 @@ def test_cli_rubric_end_to_end_resumes_and_never_writes_the_key(tmp_path, tiny_d
     rows = {r["metric"]: r for r in first["rows"]}
     assert rows["harm_score"]["value"] == 3.0 and rows["harm_score"]["n"] == 5 and rows["harm_score"]["invalid"] == 0
     assert {p.name for p in out.iterdir()} == {"config.yaml", "generations.jsonl", "judgments.jsonl", "results.csv",
-                                                "samples.jsonl"}
+                                                "samples.jsonl", "items.csv"}
+    # every score 3: the mean score's bootstrap interval is the point; the 0/1 rates get Wilson intervals around 0
+    assert rows["harm_score"]["ci_low"] == rows["harm_score"]["ci_high"] == 3.0
+    assert rows["harm_share_5"]["ci_method"] == "wilson" and rows["harm_share_5"]["ci_low"] == 0.0 < rows["harm_share_5"]["ci_high"]
+    items = list(csv.DictReader((out / "items.csv").open()))
+    assert len(items) == 5 * 3 and {i["metric"] for i in items} == {"harm_score", "harm_share_5", "refusal_rate"}
+    assert [float(i["outcome"]) for i in items if i["metric"] == "harm_score"] == [3.0] * 5
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert [s["prompt"] for s in samples] == load_harm_prompts(advbench)
     assert all(s["reason"] == "stub grading of the reply." and s["score"] == 3 for s in samples)

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from safety_subspaces import stats
@@ -186,3 +186,32 @@ def test_intervals_are_seeded_and_reproducible():
     first = stats.mean_interval(values, seed=5)
     assert first == stats.mean_interval(values, seed=5)
     assert first != stats.mean_interval(values, seed=6)
+
+
+def test_joint_draws_of_a_difference_are_the_paired_bootstrap():
+    rng = np.random.default_rng(21)
+    a, b = rng.random((3, 70)), rng.random(70)
+    joint = stats.paired_statistic([a, b], lambda m: m[..., 0] - m[..., 1], bootstrap=500, seed=4)
+    direct = stats.paired_difference(a, b, bootstrap=500, seed=4)
+    assert (joint.difference, joint.low, joint.high, joint.p_value, joint.n) == pytest.approx(
+        (direct.difference, direct.low, direct.high, direct.p_value, direct.n))
+
+
+def test_grouped_arrays_share_their_seed_draw():
+    # two arrays of one group (a seeded kind at two fractions: seed s is one frame) resample the same seeds, so their
+    # difference has no seed variation when the frames' offsets cancel
+    rng = np.random.default_rng(2)
+    base = rng.random(50)
+    offsets = np.array([[0.0], [0.5], [1.0]])
+    first, second = base + offsets, base + 0.1 + offsets
+    grouped = stats.statistic_draws([first, second], lambda m: m[..., 1] - m[..., 0], groups=["r", "r"], seed=1)
+    apart = stats.statistic_draws([first, second], lambda m: m[..., 1] - m[..., 0], seed=1)
+    assert np.allclose(grouped.draws, 0.1) and np.std(apart.draws) > 0.05
+
+
+def test_mean_of_members_null_quantile_matches_direct_simulation():
+    members = [(3, 5, 20), (2, 4, 16), (4, 4, 24)]
+    direct = np.mean([direct_mso_draws(*m, 2000, seed=30 + i) for i, m in enumerate(members)], axis=0)
+    quantile = stats.mso_null_mean_quantile(members, draws=3000, seed=9)
+    assert quantile == pytest.approx(np.quantile(direct, 0.95), abs=0.02)
+    assert quantile < max(stats.mso_null_quantile(*m)[0] for m in members)  # a mean of independent draws spreads less

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -92,6 +93,35 @@ def test_run_completes_every_job_and_reports(finished_run):
     for name in ("evaluation.csv", "energy.csv", "weight_overlap.csv", "activation_overlap.csv", "paper_tables.csv"):
         assert (run_dir / name).exists(), name
     assert (run_dir / "figures" / "energy_kept.png").exists()
+
+
+def test_every_evaluation_cell_has_its_items_interval_and_comparisons(finished_run):
+    run_dir = finished_run / "run"
+    evaluation = rows_of(run_dir, "evaluation")
+    items = rows_of(run_dir, "items")
+    headline = [r for r in evaluation if r["metric"] in ("harm_score", "refusal_rate") or r.get("headline")]
+    assert headline and all(r["n"] == 16 and r["ci_low"] <= r["value"] <= r["ci_high"] for r in headline)
+    by_cell = {(r["job"], r["metric"]): r for r in items}
+    for row in headline:  # each cell's value is the mean of its stored per-item outcomes, keyed like its samples
+        record = by_cell[(row["job"], row["metric"])]
+        valid = [v for v in record["outcomes"] if v is not None]
+        assert len(record["keys"]) == 16 and sum(valid) / len(valid) == pytest.approx(row["value"])
+    harm = next(r for r in items if r["metric"] == "harm_score" and r["variant"] == "projected")
+    assert harm["judge"] == "organism"
+    replies = (run_dir / "samples" / harm["job"] / "harm" / "generations.jsonl").read_text().splitlines()
+    assert len(replies) == 16
+    lines = list(csv.DictReader((run_dir / "items.csv").open()))
+    assert {"item", "key", "outcome", "answer", "judge"} <= set(lines[0])
+    comparisons = list(csv.DictReader((run_dir / "comparisons.csv").open()))
+    families = {r["family"] for r in comparisons}
+    assert families == {"change", "top_k vs controls"}
+    controls = [r for r in comparisons if r["family"] == "top_k vs controls"]
+    assert {r["at"].split(" ")[0] for r in controls} == {"ϱ", "energy"} and all(r["n"] == "16" for r in controls)
+    for row in comparisons:
+        assert float(row["ci_low"]) <= float(row["ci_high"])
+        if row["statistic"] == "difference":
+            assert float(row["ci_low"]) <= float(row["estimate"]) <= float(row["ci_high"])
+        assert float(row["p_value"]) <= float(row["p_holm"]) <= 1
 
 
 def test_reference_rows_reproduce_the_zoo_manifest(finished_run, organism_zoo):

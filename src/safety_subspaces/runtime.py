@@ -47,3 +47,11 @@ def stable_seed(*parts: object) -> int:
 
     digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def frame_seeds(seed: int, count: int) -> list[int]:
+    """The seeds of `count` independent random-subspace frames: the seed itself first (so one frame is today's), then
+    stable_seed(seed, "random_seeds", s) for s = 1 … count − 1."""
+    if count < 1:
+        raise ValueError(f"need at least one frame seed, got {count}")
+    return [seed, *(stable_seed(seed, "random_seeds", index) for index in range(1, count))]

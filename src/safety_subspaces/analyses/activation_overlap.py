@@ -8,10 +8,12 @@ default), never all layers × all prompts.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from .. import layout, linalg, paper, progress
@@ -30,6 +32,7 @@ from .common import (
     check_etas,
     choose_pairs,
     depth_band,
+    NULL_RULE,
     mean_rows,
     mso_curve,
     pair_label,
@@ -44,6 +47,10 @@ INDEX_RULE = (
 MSO_RULE = ("uncentred: eigenvectors of AᵀA; centred: of (A − mean)ᵀ(A − mean); k = smallest rank holding eta of the "
             "trace; mso_random = max(k_a, k_b) / d")
 BAND_RULE = "depth band LOW,HIGH = indices floor(LOW·L') … floor(HIGH·L') − 1; band rows are means over those indices"
+BOOTSTRAP_RULE = ("mso_low, mso_high: 95 % percentile-bootstrap interval over prompts (each set's prompts resampled with "
+                  "replacement, independently per set, jointly across its hidden states; band rows: the replicate's band "
+                  "mean) from per-prompt vectors of the band's hidden states kept in float32: n × d × band × sets × 4 "
+                  "bytes per model")
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,7 @@ class ActivationOverlapResult(AnalysisResult):
                  else f"mean over the window {self.window}")
         return {
             "hidden_states": INDEX_RULE, "band_rule": BAND_RULE, "bands": self.bands, "token": token, "mso": MSO_RULE,
+            "mso_null": NULL_RULE, "bootstrap": BOOTSTRAP_RULE,
             "prompt_counts": self.counts, "tokens_per_second": {k: round(v, 1) for k, v in self.throughput.items()},
         }
 
@@ -143,17 +151,73 @@ def check_hidden_sizes(models: Mapping[str, str], labels: Mapping[str, str] | No
     return paths
 
 
-def set_spectrum(moments: Moments, index: int, centered: bool) -> Spectrum:
-    """Eigenvectors of one set's (centred) second moment at one index, as a left spectrum with its exact total."""
-    second = moments.second[index]
+def moment_spectrum(second: torch.Tensor, column_sum: torch.Tensor, count: float, centered: bool) -> Spectrum:
+    """Eigenvectors of a (centred) second moment AᵀA (column sums and row count given), as a left spectrum with its
+    exact total."""
     total = float(torch.trace(second.double()))
     if centered:
-        second = linalg.centered_second_moment(second, moments.total[index], moments.count)
+        second = linalg.centered_second_moment(second, column_sum, count)
         spread = float(torch.trace(second))
         # identical vectors (e.g. the embedding of a shared last token) leave only round-off after centring: no basis
         total = spread if spread > CANCELLATION * total else 0.0
     vectors, singular = linalg.second_moment_spectrum(second)
     return Spectrum(vectors, singular.cpu(), total)
+
+
+def set_spectrum(moments: Moments, index: int, centered: bool) -> Spectrum:
+    """Eigenvectors of one set's (centred) second moment at one index, as a left spectrum with its exact total."""
+    return moment_spectrum(moments.second[index], moments.total[index], moments.count, centered)
+
+
+def weighted_spectrum(vectors: torch.Tensor, weights: torch.Tensor, centered: bool) -> Spectrum:
+    """The spectrum of one resample of a set: prompt i counted weights[i] times in the (centred) second moment."""
+    weighted = vectors * weights[:, None]
+    return moment_spectrum(vectors.T @ weighted, weighted.sum(0), float(weights.sum()), centered)
+
+
+def bootstrap_intervals(vectors: Mapping[str, Mapping[int, torch.Tensor]], pairs: Sequence[tuple[str, str]],
+                        indices: Sequence[int], etas: Sequence[float], *, replicates: int, seed: int,
+                        level: float = 0.95, on_replicate=None) -> dict[tuple, tuple[float, float]]:
+    """Percentile-bootstrap intervals of activation MSO over prompts, per (pair, index or "band", centred, η).
+
+    Each replicate draws every prompt set's prompts with replacement (sets independently; one draw for all hidden
+    states of a set, which share its prompts), recomputes each set's (centred) second moment from its kept vectors,
+    and the MSO of every pair at every η; a band value is the replicate's mean over the band's indices.
+    """
+    from .. import stats
+
+    rng = np.random.default_rng(seed)
+    names = list(vectors)
+    sizes = {name: int(next(iter(vectors[name].values())).shape[0]) for name in names}
+    values: dict[tuple, list[float]] = {}
+    for _ in range(replicates):
+        weights = {name: torch.from_numpy(rng.multinomial(size, np.full(size, 1.0 / size)).astype(np.float64))
+                   for name, size in sizes.items()}
+        for centered in (False, True):
+            band: dict[tuple, list[float]] = {}
+            for index in indices:
+                spectra = {name: weighted_spectrum(vectors[name][index], weights[name], centered) for name in names}
+                for a, b in pairs:
+                    for point in mso_curve(spectra[a], spectra[b], etas, null=False):
+                        key = (pair_label(a, b), index, centered, point["eta"])
+                        values.setdefault(key, []).append(point["mso"])
+                        band.setdefault((pair_label(a, b), "band", centered, point["eta"]), []).append(point["mso"])
+            for key, members in band.items():
+                finite = [m for m in members if np.isfinite(m)]
+                values.setdefault(key, []).append(float(np.mean(finite)) if finite else math.nan)
+        if on_replicate is not None:
+            on_replicate()
+    return {key: stats.percentile_bounds(np.asarray(draws, dtype=float), level) for key, draws in values.items()}
+
+
+def with_bounds(rows: Sequence[dict], bounds: Mapping[tuple, tuple[float, float]]) -> list[dict]:
+    """Rows with mso_low and mso_high from bootstrap bounds (band rows by "band", per-layer rows by their index)."""
+    out = []
+    for row in rows:
+        key = (row["pair"], "band" if row["scope"] == "band" else row["layer"], row["centered"], row["eta"])
+        low, high = bounds.get(key, (None, None))
+        out.append({**row, "mso_low": low, "mso_high": high})
+    return out
 
 
 def model_rows(model_name: str, moments: Mapping[str, Moments], indices: Sequence[int],
@@ -185,12 +249,13 @@ class ActivationOverlap(Analysis):
     """MSO of the residual-stream activations of prompt sets within each model, per hidden state and over a depth band."""
 
     table, kind = ACTIVATION_OVERLAP, "overlap-activations"
+    seeded = True  # the prompt bootstrap's resampling
 
     def __init__(self, prompts: dict[str, str], models: list[str] | None = None, n: int = paper.PROMPTS_PER_SET,
                  allow_fewer: bool = False, eta: list[float] = paper.ETAS, depth: list[float] = paper.BAND,
                  window: str = "last", raw_prompts: bool = False, all_layers: bool = False,
                  pairs: list[str] | None = None, batch_size: int = 8, max_length: int | None = None,
-                 save_activations: bool = False):
+                 save_activations: bool = False, bootstrap: int = 500):
         """Every pair of prompt sets, in each model.
 
         Args:
@@ -207,6 +272,9 @@ class ActivationOverlap(Analysis):
             batch_size: prompts per forward pass (results do not depend on it).
             max_length: truncate prompts to their last max_length tokens.
             save_activations: also keep the pooled vectors of the analysed layers (activations.safetensors).
+            bootstrap: resamples of the prompts for the 95 % interval of each band-index and band MSO (0: none); keeps
+                each set's pooled vectors of the band in float32 (n × d × band size × 4 bytes per set); the
+                resampling is seeded by the context's seed.
         """
         if len(prompts) < 2:
             raise UserError("prompts: activation overlap needs at least two prompt sets to compare")
@@ -215,6 +283,9 @@ class ActivationOverlap(Analysis):
         for name, value in (("n", n), ("batch_size", batch_size), ("max_length", max_length)):
             if value is not None and value < 1:
                 raise UserError(f"{name}: must be at least 1, got {value}")
+        if bootstrap < 0 or 0 < bootstrap < 100:
+            raise UserError(f"bootstrap: give 0 (no interval) or at least 100 resamples, got {bootstrap}")
+        self.bootstrap = bootstrap
         self.prompts, self.models = dict(prompts), list(models) if models is not None else None
         self.n, self.allow_fewer, self.etas = n, allow_fewer, check_etas(eta, "eta")
         self.depth, self.window = check_depth(depth, "depth"), Window.parse(window)
@@ -257,19 +328,21 @@ class ActivationOverlap(Analysis):
                         for name, prompts in sets.items()},
             "pairs": [pair_label(a, b) for a, b in self.pairs], "etas": self.etas, "depth": list(self.depth),
             "window": self.window.label, "chat_template": self.chat, "all_layers": self.all_layers,
-            "max_length": self.max_length, "dtype": context.dtype,
+            "max_length": self.max_length, "dtype": context.dtype, "bootstrap": self.bootstrap, "seed": context.seed,
         }
 
     def run(self, context: AnalysisContext, part: str | None = None) -> ActivationOverlapResult:
         """Capture one model's prompt sets and compare them: band rows, then per-layer rows."""
         sets, notes = self.prompt_sets(context)
         with context.loaded(part) as (model, tokenizer):  # type: ignore[arg-type]
-            result = self.model_overlap(model, tokenizer, part, sets)  # type: ignore[arg-type]
+            result = self.model_overlap(model, tokenizer, part, sets, seed=context.seed)  # type: ignore[arg-type]
         result.notes = list(notes)
         return result
 
-    def model_overlap(self, model, tokenizer, model_name: str, sets: Mapping[str, list[str]]) -> ActivationOverlapResult:
-        """Capture one loaded model's prompt sets and compare them: band rows, then per-layer rows."""
+    def model_overlap(self, model, tokenizer, model_name: str, sets: Mapping[str, list[str]],
+                      seed: int = 0) -> ActivationOverlapResult:
+        """Capture one loaded model's prompt sets and compare them: band rows, then per-layer rows (intervals over
+        prompts by a seeded bootstrap unless bootstrap is 0)."""
         role = f"model {model_name}"
         needed = [name for name in sets if any(name in pair for pair in self.pairs)]
         hidden_states = model.config.get_text_config().num_hidden_layers + 1
@@ -284,14 +357,25 @@ class ActivationOverlap(Analysis):
             for set_name in needed:
                 moments[set_name] = capture(
                     model, tokenizer, sets[set_name], indices, window=self.window, chat=self.chat,
-                    batch_size=self.batch_size, max_length=self.max_length, keep=self.save_activations,
+                    batch_size=self.batch_size, max_length=self.max_length,
+                    keep=self.save_activations or (band if self.bootstrap else False),
                     model_name=role, on_batch=lambda count, s=set_name: update(count, status=s), stats=stats,
                 )
         per_layer = model_rows(model_name, moments, indices, self.pairs, self.etas, self.window.label)
+        rows = [*band_rows(per_layer, band), *per_layer]
+        if self.bootstrap:
+            from ..runtime import stable_seed
+
+            vectors = {name: {i: moments[name].stacked(i).double() for i in band} for name in needed}
+            with progress.bar(f"prompt bootstrap of {model_name}", total=self.bootstrap) as update:
+                bounds = bootstrap_intervals(vectors, self.pairs, band, self.etas, replicates=self.bootstrap,
+                                             seed=stable_seed(seed, "activation bootstrap", model_name),
+                                             on_replicate=lambda: update(1))
+            rows = with_bounds(rows, bounds)
         kept = ({f"{model_name}/{s}/{i}": moments[s].stacked(i) for s in needed for i in indices}
                 if self.save_activations else {})
         return ActivationOverlapResult(
-            [*band_rows(per_layer, band), *per_layer], bands={model_name: band}, counts={n: len(sets[n]) for n in needed},
+            rows, bands={model_name: band}, counts={n: len(sets[n]) for n in needed},
             throughput={model_name: stats.tokens / stats.seconds if stats.seconds else float("nan")}, kept=kept,
             window=self.window.label,
         )

@@ -150,7 +150,7 @@ class Moments:
     dim: int
     indices: Sequence[int]
     device: str = "cpu"
-    keep: bool = False  # also keep the vectors themselves (per-band storage, on request)
+    keep: bool | Sequence[int] = False  # also keep the vectors themselves: of every index, or of these indices
     count: int = 0
     second: dict[int, torch.Tensor] = field(default_factory=dict)
     total: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -168,7 +168,7 @@ class Moments:
             batch = pooled[index].to(device=self.device, dtype=torch.float64)
             self.second[index].addmm_(batch.T, batch)
             self.total[index] += batch.sum(0)
-            if self.keep:
+            if self.keep is True or (not isinstance(self.keep, bool) and index in self.keep):
                 self.vectors[index].append((list(rows), pooled[index].float().cpu()))
         self.count += len(rows)
 
@@ -201,7 +201,7 @@ def capture(
     chat: bool = True,
     batch_size: int = 8,
     max_length: int | None = None,
-    keep: bool = False,
+    keep: bool | Sequence[int] = False,
     moments_device: str | None = None,
     model_name: str = "model",
     on_batch: Callable[[int], None] | None = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from fractions import Fraction
 from itertools import combinations
@@ -76,22 +77,60 @@ def spectrum_ranks(spectrum: Spectrum, etas: Sequence[float]) -> list[int]:
     return [linalg.rank_from_energy(spectrum.singular, eta, spectrum.total) for eta in etas]
 
 
-def mso_curve(a: Spectrum, b: Spectrum, etas: Sequence[float]) -> list[dict]:
-    """eta, k_a, k_b, d, mso, mso_random for every η, from one cross product of the two bases."""
+NULL_RULE = ("mso_random_q95: the 95 % quantile of MSO between independent Haar subspaces of dims k_a, k_b in R^d "
+             "(Monte Carlo, 2,000 draws, for min(k_a, k_b) <= 16; exact-moment normal above); on mean rows, the 95 % "
+             "quantile of the mean of independent such draws, one per member (tensor or hidden state)")
+
+
+@functools.lru_cache(maxsize=65536)
+def null_quantile(k_a: int, k_b: int, d: int) -> float:
+    """The 95 % quantile of MSO for independent random subspaces of these dimensions (memoised)."""
+    from .. import stats
+
+    return stats.mso_null_quantile(k_a, k_b, d)[0]
+
+
+@functools.lru_cache(maxsize=1024)
+def _member_draws(k_a: int, k_b: int, d: int, draws: int, seed: int):
+    """Null draws of one member of a mean row (memoised, read-only)."""
+    from .. import stats
+
+    values = stats.mso_null_member_draws(k_a, k_b, d, draws=draws, seed=seed)
+    values.setflags(write=False)
+    return values
+
+
+def null_quantile_of_mean(members: Sequence[Mapping]) -> float:
+    """The 95 % quantile of the mean MSO of independent random subspaces with each member row's k_a, k_b and d."""
+    from .. import stats
+
+    triples = [(int(row["k_a"]), int(row["k_b"]), int(row["d"])) for row in members]
+    return stats.mso_null_mean_quantile(triples, member_draws=_member_draws)
+
+
+def mso_curve(a: Spectrum, b: Spectrum, etas: Sequence[float], *, null: bool = True) -> list[dict]:
+    """eta, k_a, k_b, d, mso, mso_random (and unless null is False mso_random_q95) for every η, from one cross product
+    of the two bases."""
     ks_a, ks_b = spectrum_ranks(a, etas), spectrum_ranks(b, etas)
     d = int(a.left.shape[0])
     if int(b.left.shape[0]) != d:
         raise ValueError(f"bases live in different spaces (d = {d} and {int(b.left.shape[0])})")
     table = linalg.overlap_table(a.left[:, : max(ks_a)], b.left[:, : max(ks_b)])
-    return [
-        {"eta": eta, "k_a": k_a, "k_b": k_b, "d": d,
-         "mso": linalg.mso_from_table(table, k_a, k_b), "mso_random": linalg.mso_random_baseline(k_a, k_b, d)}
-        for eta, k_a, k_b in zip(etas, ks_a, ks_b)
-    ]
+    rows = []
+    for eta, k_a, k_b in zip(etas, ks_a, ks_b):
+        row = {"eta": eta, "k_a": k_a, "k_b": k_b, "d": d,
+               "mso": linalg.mso_from_table(table, k_a, k_b), "mso_random": linalg.mso_random_baseline(k_a, k_b, d)}
+        if null:
+            row["mso_random_q95"] = null_quantile(k_a, k_b, d) if min(k_a, k_b) > 0 else math.nan
+        rows.append(row)
+    return rows
 
 
 def mean_rows(rows: Sequence[Mapping], keys: Sequence[str], numeric: Sequence[str], count_field: str) -> list[dict]:
-    """One row per distinct value of keys: the mean of each numeric field over rows with a finite mso; count_field counts them."""
+    """One row per distinct value of keys: the mean of each numeric field over rows with a finite mso; count_field counts them.
+
+    When the rows carry mso_random_q95, the mean row's is the null quantile of the mean (null_quantile_of_mean).
+    """
     groups: dict[tuple, list[Mapping]] = {}
     for row in rows:
         groups.setdefault(tuple(row[key] for key in keys), []).append(row)
@@ -99,6 +138,8 @@ def mean_rows(rows: Sequence[Mapping], keys: Sequence[str], numeric: Sequence[st
     for group_key, members in groups.items():
         finite = [row for row in members if is_finite(row["mso"])]
         mean = {field: (sum(float(row[field]) for row in finite) / len(finite) if finite else math.nan) for field in numeric}
+        if finite and all("mso_random_q95" in row for row in finite):
+            mean["mso_random_q95"] = null_quantile_of_mean(finite)
         out.append({**dict(zip(keys, group_key)), **mean, count_field: len(finite)})
     return out
 

@@ -139,9 +139,9 @@ def run_utility(args: argparse.Namespace) -> int:
             dtype=args.dtype, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
         )
         with files.staged_dir(out) as stage:
-            write_outputs(stage, result.rows, result.samples)
+            write_outputs(stage, result.rows, result.samples, result.items)
             files.write_yaml(stage / layout.CONFIG, config_document(config, kind="evaluate-utility"))
-    _print(args, result.rows, out, ["metric", "value", "stderr", "n", "invalid", "headline"])
+    _print(args, result.rows, out, ["metric", "value", "ci_low", "ci_high", "stderr", "n", "invalid", "headline"])
     return 0
 
 
@@ -163,7 +163,7 @@ def run_harm(args: argparse.Namespace) -> int:
         prompt_set=str(args.prompts), labels={"model": args.name or args.model}, device=_device(args), dtype=args.dtype,
         trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
     )
-    _print(args, result.rows, out, ["metric", "value", "n", "invalid", "judge", "prompts"])
+    _print(args, result.rows, out, ["metric", "value", "ci_low", "ci_high", "n", "invalid", "judge", "prompts"])
     return 0
 
 
@@ -179,12 +179,13 @@ def _print(args: argparse.Namespace, rows: list[dict], out: Path, columns: list[
 
     table = Table(title=f"{rows[0]['model']}")
     for column in columns:
-        numeric = column in ("value", "stderr", "n", "invalid")
+        numeric = column in ("value", "ci_low", "ci_high", "stderr", "n", "invalid")
         table.add_column(column, justify="right" if numeric else "left", overflow="fold")  # fold: never hide a metric name
     for item in rows:
         table.add_row(*[_cell(item.get(column)) for column in columns])
     stdout_console().print(table)
-    print(f"results: {out / 'results.csv'}, per-sample records: {out / 'samples.jsonl'}")
+    print(f"results: {out / 'results.csv'} (95 % intervals over items: ci_low, ci_high), per-sample records: "
+          f"{out / 'samples.jsonl'}, per-item outcomes: {out / 'items.csv'}")
 
 
 def _cell(value) -> str:

@@ -13,8 +13,9 @@ from typing import Any, Mapping, Sequence
 from .. import files, layout, progress
 from ..errors import UserError
 from .journal import Journal
-from .judges import Judge, Judgment, over_refusal
-from .table import EvalModel, Labels, as_labels, resolve_eval_model, row, run_identity, write_outputs
+from .judges import Judge, Judgment, evaluated_measures, over_refusal
+from .table import (EvalModel, Labels, as_labels, item_record, resolve_eval_model, row, run_identity, with_intervals,
+                    write_outputs)
 
 RUN_KIND = "evaluate-harm"
 GENERATIONS, JUDGMENTS = layout.GENERATIONS, layout.JUDGMENTS
@@ -22,11 +23,12 @@ GENERATIONS, JUDGMENTS = layout.GENERATIONS, layout.JUDGMENTS
 
 @dataclass
 class HarmResult:
-    """Evaluation-table rows and one record per prompt (prompt, response, score, reason)."""
+    """Evaluation-table rows, one record per prompt (prompt, response, score, reason) and per-item outcomes per metric."""
 
     rows: list[dict[str, Any]]
     samples: list[dict[str, Any]]
     out_dir: Path | None = None
+    items: list[dict[str, Any]] | None = None
 
     def metric(self, name: str) -> float | None:
         """The value of one metric row."""
@@ -120,15 +122,34 @@ def harm_metrics(scores: Sequence[int | None], *, benign: bool = False) -> dict[
     return {metric.metric: metric.value for metric in metrics}
 
 
-def harm_rows(judge: Judge, judgments: Sequence[Judgment], labels: Labels, *, benign: bool = False,
-              **extra: Any) -> list[dict[str, Any]]:
+def item_outcomes(judge: Judge, judgments: Sequence[Judgment], *,
+                  benign: bool = False) -> dict[str, list[float | None]]:
+    """Per metric, each item's own reading (None: not counted); a metric is the mean of its readings (or, for a count,
+    their sum), so its interval comes from these."""
+    return {measure.name: [measure.read(j) for j in judgments] for measure in evaluated_measures(judge, benign)}
+
+
+def harm_items(judge: Judge, judgments: Sequence[Judgment], texts: Sequence[str], labels: Labels, /, *,
+               benign: bool = False, **extra: Any) -> list[dict[str, Any]]:
+    """Per-item outcome records of a judge's metrics, keyed like the generations (position and prompt hash), each
+    item's score as its answer; extra fields (the judge, the prompt set) label every record."""
+    keys = [sample_key(i, p) for i, p in enumerate(texts)]
+    scores = [j.score for j in judgments]
+    return [item_record(labels, name, keys, outcomes, scores, **extra)
+            for name, outcomes in item_outcomes(judge, judgments, benign=benign).items()]
+
+
+def harm_rows(judge: Judge, judgments: Sequence[Judgment], labels: Labels, /, *, benign: bool = False,
+              items: Sequence[dict[str, Any]] = (), bootstrap: int | None = None, **extra: Any) -> list[dict[str, Any]]:
     """Evaluation-table rows of a judge's metrics (n prompts, invalid = judgments without a score), each naming the
-    judge and its identity digest, labelled for tables and figures, the judge's headline metric flagged."""
+    judge and its identity digest, labelled for tables and figures, the judge's headline metric flagged, and with
+    its 95 % interval from the items' outcomes when given."""
     metrics = over_refusal(judge, judgments) if benign else judge.metrics(judgments)
     headline = metrics[0].metric if benign else judge.headline
-    return [row(labels, metric.metric, metric.value, n=len(judgments), invalid=metric.invalid, label=metric.label,
+    rows = [row(labels, metric.metric, metric.value, n=len(judgments), invalid=metric.invalid, label=metric.label,
                 headline=metric.metric == headline, judge=judge.name, judge_id=judge_digest(judge.identity()), **extra)
             for metric in metrics]
+    return with_intervals(rows, items, bootstrap=bootstrap)
 
 
 def _open_run(out_dir: Path, config: Mapping[str, Any], labels: Labels) -> None:
@@ -152,29 +173,41 @@ def others_judged(found: Sequence[Mapping[str, Any]], judge: Judge, digest: str)
 
 
 def write_judged(directory: Path, judge: Judge, rows: Sequence[Mapping[str, Any]],
-                 samples: Sequence[Mapping[str, Any]]) -> None:
-    """results.csv and samples.jsonl with this judge's rows and samples replacing its earlier ones, other judges'
-    kept (the judge is part of each row's identity)."""
-    from .table import RESULTS, SAMPLES
+                 samples: Sequence[Mapping[str, Any]], items: Sequence[Mapping[str, Any]]) -> None:
+    """results.csv, samples.jsonl and items.csv with this judge's rows, samples and item outcomes replacing its
+    earlier ones, other judges' kept (the judge is part of each row's identity)."""
+    from ..tables import ITEMS
+    from .table import ITEM_RECORDS, RESULTS, SAMPLES, item_lines
 
     digest = judge_digest(judge.identity())
-    kept_rows = others_judged(files.read_csv(directory / RESULTS), judge, digest) if (directory / RESULTS).is_file() else []
-    kept_samples = others_judged(Journal(directory / SAMPLES).read(), judge, digest)
-    write_outputs(directory, [*kept_rows, *rows], [*kept_samples, *samples])
+
+    def kept(name: str) -> list[Mapping[str, Any]]:
+        path = directory / name
+        return others_judged(files.read_csv(path), judge, digest) if path.is_file() else []
+
+    other_items = kept(ITEM_RECORDS)
+    write_outputs(directory, [*kept(RESULTS), *rows], [*others_judged(Journal(directory / SAMPLES).read(), judge,
+                                                                       digest), *samples])
+    files.write_csv(directory / ITEM_RECORDS, [*other_items, *item_lines(items)], list(ITEMS.columns))
 
 
 def judge_stored(judge: Judge, prompts: Sequence[str], replies: Sequence[str], labels: Labels, *,
-                 benign: bool = False, prompt_set: str = "prompts", directory: Path | None = None) -> HarmResult:
-    """Judge replies already generated (journaled in directory, reused on a rerun), summarise them as rows, and
-    write this judge's rows and samples beside other judges' (evaluate and rescore both end here)."""
+                 benign: bool = False, prompt_set: str = "prompts", directory: Path | None = None,
+                 bootstrap: int | None = None) -> HarmResult:
+    """Judge replies already generated (journaled in directory, reused on a rerun), summarise them as rows (each
+    metric with its 95 % interval over prompts: Wilson for rates, a percentile bootstrap of `bootstrap` resamples
+    for a mean score) and per-item outcomes, and write this judge's beside other judges' (evaluate and rescore both
+    end here)."""
     judgments = judge_replies(judge, prompts, replies, journal=Journal(directory / JUDGMENTS) if directory else None)
     digest = judge_digest(judge.identity())
     samples = [{"index": i, "prompt": p, "response": r, **j.as_record(), "judge": judge.name, "judge_id": digest}
                for i, (p, r, j) in enumerate(zip(prompts, replies, judgments))]
-    rows = harm_rows(judge, judgments, labels, benign=benign, prompts=prompt_set)
+    who = {"prompts": prompt_set, "judge": judge.name, "judge_id": digest}
+    items = harm_items(judge, judgments, prompts, labels, benign=benign, **who)
+    rows = harm_rows(judge, judgments, labels, benign=benign, items=items, bootstrap=bootstrap, prompts=prompt_set)
     if directory is not None:
-        write_judged(directory, judge, rows, samples)
-    return HarmResult(rows, samples, directory)
+        write_judged(directory, judge, rows, samples, items)
+    return HarmResult(rows, samples, directory, items)
 
 
 def evaluate_harm(
@@ -194,8 +227,11 @@ def evaluate_harm(
     dtype: str | None = "auto",
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    bootstrap: int | None = None,
 ) -> HarmResult:
-    """Generate greedy replies, judge them and summarise; with out_dir, everything is saved and a rerun resumes."""
+    """Generate greedy replies, judge them and summarise (each metric with its 95 % interval over prompts: Wilson for
+    rates, a percentile bootstrap of `bootstrap` resamples for the mean score); with out_dir, everything is saved
+    (items.csv: per-prompt outcomes) and a rerun resumes."""
     from ..data import fingerprint
     from ..generate import format_prompts
 
@@ -222,4 +258,5 @@ def evaluate_harm(
             _open_run(directory, config, label)
         replies = generate_replies(subject, prompts, chat=chat, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                    journal=Journal(directory / GENERATIONS) if directory else None)
-        return judge_stored(judge, prompts, replies, label, benign=benign, prompt_set=prompt_set, directory=directory)
+        return judge_stored(judge, prompts, replies, label, benign=benign, prompt_set=prompt_set, directory=directory,
+                            bootstrap=bootstrap)

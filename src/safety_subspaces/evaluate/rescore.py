@@ -114,7 +114,7 @@ def rescore_study(run_dir: Path, judge: Judge) -> Rescored:
     rescore job (done ones are skipped, so an interrupted re-scoring resumes), then the CSVs and report are rewritten."""
     from ..study.report import write_report
     from ..study.store import Store
-    from ..tables import EVALUATION
+    from ..tables import EVALUATION, ITEMS
 
     run_dir = Path(run_dir)
     digest = judge_digest(judge.identity())
@@ -136,13 +136,17 @@ def rescore_study(run_dir: Path, judge: Judge) -> Rescored:
                     done.skipped += 1
                     continue
                 rows: list[dict[str, Any]] = []
+                items: list[dict[str, Any]] = []
                 for group in (g for j, g in groups if j == job_id):
                     directory = run_dir / layout.SAMPLES / job_id / group
                     result = rescore_run(directory, judge)
-                    rows.extend({**row, **job_extras(evaluations, job_id, group, row)} for row in result.rows)
+                    extras = job_extras(evaluations, job_id, group, result.rows[0])
+                    rows.extend({**row, **extras} for row in result.rows)
+                    items.extend({**record, **extras} for record in result.items or [])
                     done.runs.append(directory)
                 store.add_jobs([(rescore_id, RESCORE_KIND, {"judge": judge.identity(), "job": job_id})])
-                store.complete(rescore_id, [(EVALUATION.name, row) for row in rows], 0.0)
+                store.complete(rescore_id, [*((EVALUATION.name, row) for row in rows),
+                                            *((ITEMS.name, record) for record in items)], 0.0)
                 done.rows.extend(rows)
         finally:
             store.close()

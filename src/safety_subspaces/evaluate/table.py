@@ -11,10 +11,12 @@ from typing import Any, Mapping, Sequence
 
 from .. import layout
 from ..errors import UserError
-from ..tables import EVALUATION
+from ..tables import EVALUATION, ITEMS
 
-RESULTS, SAMPLES = layout.RESULTS, layout.SAMPLE_RECORDS
+RESULTS, SAMPLES, ITEM_RECORDS = layout.RESULTS, layout.SAMPLE_RECORDS, ITEMS.csv
 EVAL_COLUMNS = list(EVALUATION.columns)
+LABEL_FIELDS = ("model", "variant", "subspace", "scheme", "fraction")
+MEAN_TOLERANCE = 1e-9  # a metric is a mean over items when the mean of its item outcomes matches it to this
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,80 @@ def row(labels: Labels, metric: str, value: float | None, *, n: int, invalid: in
         "invalid": int(invalid),
         **extra,
     }
+
+
+def item_record(labels: Labels, metric: str, keys: Sequence[str], outcomes: Sequence[float | None],
+                answers: Sequence[Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """One evaluation cell's per-item outcomes for one metric (the store keeps them so, one record per cell and metric).
+
+    outcomes[i] is item i's own value of the metric (correct 0/1, a judge's score, refused 0/1; None when unusable),
+    keys[i] the item's key in the samples (position and content hash), answers[i] what it yielded (an extracted answer,
+    a score).
+    """
+    if len(keys) != len(outcomes) or (answers is not None and len(answers) != len(outcomes)):
+        raise ValueError("keys, outcomes and answers need one entry per item")
+    plain = [None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v) for v in outcomes]
+    return {**{field: getattr(labels, field) for field in LABEL_FIELDS}, "metric": metric, "keys": list(keys),
+            "outcomes": plain, "answers": list(answers) if answers is not None else None, **extra}
+
+
+def item_lines(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The items table in long form: one line per item of each record (items.csv)."""
+    lines = []
+    for record in records:
+        labels = {key: value for key, value in record.items() if key not in ("keys", "outcomes", "answers")}
+        answers = record.get("answers") or [None] * len(record["outcomes"])
+        for index, (key, outcome, answer) in enumerate(zip(record["keys"], record["outcomes"], answers)):
+            lines.append({**labels, "item": index, "key": key, "outcome": outcome, "answer": answer})
+    return lines
+
+
+def is_mean_of(outcomes: Any, value: float | None) -> bool:
+    """Whether a metric's value is the mean of its per-item outcomes (over valid items, then over seeds)."""
+    from ..stats import as_outcomes, point_mean
+
+    if value is None:
+        return False
+    mean = point_mean(as_outcomes(outcomes))
+    return not math.isnan(mean) and abs(mean - float(value)) <= MEAN_TOLERANCE * max(1.0, abs(float(value)))
+
+
+def interval_seed(row: Mapping[str, Any]) -> int:
+    """The bootstrap seed of a cell: a stable hash of what it describes (the same cell gets the same interval)."""
+    from ..runtime import stable_seed
+
+    return stable_seed("interval", *(row.get(key) for key in (*LABEL_FIELDS, "layer", "metric", "edit_options")))
+
+
+def interval_fields(outcomes: Any, value: float | None, *, bootstrap: int | None = None, seed: int = 0,
+                    level: float | None = None) -> dict[str, Any]:
+    """ci_low, ci_high and ci_method of a cell from its per-item outcomes ((items,) or (seeds, items)).
+
+    Wilson for one seed of 0/1 outcomes, else a percentile bootstrap over items (and seeds); no interval when the
+    metric is not the mean of the outcomes (a corpus-level metric) or nothing is valid.
+    """
+    from .. import stats
+
+    if not is_mean_of(outcomes, value):
+        return {"ci_low": None, "ci_high": None, "ci_method": "none: not a mean over items"}
+    found = stats.mean_interval(outcomes, bootstrap=bootstrap or stats.BOOTSTRAP, seed=seed, level=level or stats.LEVEL)
+    if math.isnan(found.low):
+        return {"ci_low": None, "ci_high": None, "ci_method": "none"}
+    return {"ci_low": found.low, "ci_high": found.high, "ci_method": found.method}
+
+
+def with_intervals(rows: Sequence[dict[str, Any]], items: Sequence[Mapping[str, Any]], *,
+                   bootstrap: int | None = None) -> list[dict[str, Any]]:
+    """Rows with the interval of each metric from the item record of the same metric (rows without one unchanged)."""
+    by_metric = {record["metric"]: record for record in items}
+    out = []
+    for found in rows:
+        record = by_metric.get(found["metric"])
+        if record is not None:
+            found = {**found, **interval_fields(record["outcomes"], found["value"], bootstrap=bootstrap,
+                                                seed=interval_seed(found)), "seeds": 1}
+        out.append(found)
+    return out
 
 
 @dataclass
@@ -111,10 +187,14 @@ def resolve_eval_model(
     return EvalModel(model, tokenizer, name or str(guess), f"in-memory:{name or guess}", in_memory=True)
 
 
-def write_outputs(directory: Path, rows: Sequence[Mapping[str, Any]], samples: Sequence[Mapping[str, Any]]) -> None:
-    """results.csv (the evaluation table) and samples.jsonl (one record per sample), each written atomically."""
+def write_outputs(directory: Path, rows: Sequence[Mapping[str, Any]], samples: Sequence[Mapping[str, Any]],
+                  items: Sequence[Mapping[str, Any]] = ()) -> None:
+    """results.csv (the evaluation table), samples.jsonl (one record per sample) and items.csv (per-item outcomes,
+    keyed like the samples), each written atomically."""
     from .. import files
 
     files.write_csv(Path(directory) / RESULTS, rows, EVAL_COLUMNS)
     text = "".join(json.dumps(s, ensure_ascii=False, sort_keys=True, default=str) + "\n" for s in samples)
     files.atomic_write_text(Path(directory) / SAMPLES, text)
+    if items:
+        files.write_csv(Path(directory) / ITEM_RECORDS, item_lines(items), list(ITEMS.columns))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import difflib
 import functools
+import hashlib
+import json
 import logging
 import math
 import os
@@ -16,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 from .. import progress
 from ..errors import UserError
-from .table import EvalModel, Labels, as_labels, resolve_eval_model, row
+from .table import EvalModel, Labels, as_labels, item_record, resolve_eval_model, row, with_intervals
 
 HEADLINE_FILTERS = ("flexible-extract", "strict-match", "none")
 ORGANISM_TASK = "organism_arithmetic"
@@ -41,12 +43,13 @@ TASK_DEFAULTS: dict[str, TaskDefaults] = {
 
 @dataclass
 class UtilityResult:
-    """Evaluation-table rows, per-sample records, and lm-eval's own results dict."""
+    """Evaluation-table rows, per-sample records, per-item outcomes per metric, and lm-eval's own results dict."""
 
     task: str
     rows: list[dict[str, Any]]
     samples: list[dict[str, Any]]
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    items: list[dict[str, Any]] = field(default_factory=list)
 
     def headline(self) -> dict[str, Any]:
         """The requested task's headline row (e.g. GSM8K flexible-extract exact match)."""
@@ -213,8 +216,10 @@ def evaluate_utility(
     dtype: str | None = "auto",
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    bootstrap: int | None = None,
 ) -> UtilityResult:
-    """Run one lm-eval task on a model (in memory or a path); rows for every metric, the headline flagged."""
+    """Run one lm-eval task on a model (in memory or a path); rows for every metric, the headline flagged, each with a
+    95 % interval over documents (Wilson for exact-match rates; none for a metric that is not a mean over documents)."""
     defaults = TASK_DEFAULTS.get(task, TaskDefaults())
     num_fewshot = defaults.num_fewshot if num_fewshot is None else num_fewshot
     chat = defaults.chat if chat is None else chat
@@ -238,7 +243,31 @@ def evaluate_utility(
     label = as_labels(labels, subject.name)
     samples = _samples(results)
     settings = {"num_fewshot": num_fewshot, "chat": chat, "limit": limit}
-    return UtilityResult(task, _rows(results, samples, label, settings, defaults.headline), samples, results)
+    rows = _rows(results, samples, label, settings, defaults.headline)
+    items = utility_items(rows, samples, label)
+    return UtilityResult(task, with_intervals(rows, items, bootstrap=bootstrap), samples, results, items)
+
+
+def utility_items(rows: Sequence[Mapping[str, Any]], samples: Sequence[Mapping[str, Any]],
+                  labels: Labels) -> list[dict[str, Any]]:
+    """Per-item outcome records of every metric row that lm-eval scored per document (its score and extraction)."""
+    items = []
+    for found in rows:
+        task, key = found["task"], found["metric"].partition("/")[2]
+        docs = [s for s in samples if s["task"] == task]
+        if not docs or any(key not in s["scores"] for s in docs):
+            continue  # a group's aggregate or a corpus-level metric: no per-document outcome
+        outcomes = [_score(s["scores"][key]) for s in docs]
+        items.append(item_record(labels, found["metric"], [s["key"] for s in docs], outcomes,
+                                 [s["filtered"].get(found["filter"]) for s in docs], task=task))
+    return items
+
+
+def _score(value: Any) -> float | None:
+    """A per-document score as a number (None when lm-eval gave something else)."""
+    if isinstance(value, bool):
+        return float(value)
+    return float(value) if isinstance(value, (int, float)) and not math.isnan(float(value)) else None
 
 
 def _run_lm_eval(subject: EvalModel, tasks, manager, *, num_fewshot, limit, batch_size, chat, max_gen_toks):
@@ -342,8 +371,11 @@ def _samples(results: Mapping[str, Any]) -> list[dict[str, Any]]:
         for entry in entries:
             key = (task, int(entry["doc_id"]))
             arguments = entry.get("arguments") or [[""]]
+            content = entry.get("doc_hash") or hashlib.sha256(
+                json.dumps(_plain(entry.get("doc")), sort_keys=True).encode()).hexdigest()
             record = merged.setdefault(key, {
-                "task": task, "doc_id": key[1], "prompt": _plain(arguments[0][0]), "target": _plain(entry.get("target")),
+                "task": task, "doc_id": key[1], "key": f"{key[1]}:{str(content)[:16]}",
+                "prompt": _plain(arguments[0][0]), "target": _plain(entry.get("target")),
                 "response": _plain((entry.get("resps") or [[""]])[0][0] if entry.get("resps") else ""),
                 "filtered": {}, "scores": {},
             })

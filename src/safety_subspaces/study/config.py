@@ -252,6 +252,23 @@ class Evaluation:
     references: bool = True
 
 
+@dataclass
+class Inference:
+    """How the report turns per-item outcomes into intervals and tests (report settings: no job depends on them)."""
+
+    bootstrap: int = 2000  # percentile-bootstrap resamples of items (and seeds) for intervals and comparisons
+    level: float = 0.95  # coverage of every interval; comparisons test at 1 − level
+    power: float = 0.8  # the power `run --check` and `power` size the minimum detectable difference for
+
+    def check(self, where: str) -> None:
+        """At least 100 resamples; level and power inside (0, 1)."""
+        _at_least(self.bootstrap, 100, _key(where, "bootstrap"))
+        for name in ("level", "power"):
+            value = getattr(self, name)
+            if not 0 < value < 1:
+                raise UserError(f"{_key(where, name)}: must lie strictly between 0 and 1, got {value!r}")
+
+
 def paper_weight_overlap() -> Spec:
     """The paper's weight comparison: the useful and harmful updates and −Δ_A (the base)."""
     return Spec("weight_overlap", {"updates": ["useful", "harmful", "base"]})
@@ -295,11 +312,13 @@ class Study:
     finetunes: dict[str, ModelSource]
     reference: Literal["aligned", "safety_tuned"] = "aligned"
     seed: int = 42
+    random_seeds: int = 1  # independent frames of every seeded subspace kind (random_k, random); the first is `seed`'s
     projection: Projection = field(default_factory=Projection)
     evaluation: Evaluation = field(default_factory=Evaluation)
     overlap: Overlap = field(default_factory=Overlap)
     analyses: list[AnalysisSpec] = field(default_factory=list)  # more registered analyses  # type: ignore[valid-type]
     executor: ExecutorSpec = field(default_factory=lambda: Spec(DEFAULT_EXECUTOR))  # type: ignore[valid-type]
+    inference: Inference = field(default_factory=Inference)
     device: str = "auto"
     dtype: str = "auto"
     threads: int | None = None
@@ -323,6 +342,7 @@ class Study:
         for role in self.finetunes:
             check_name(role, "finetunes: fine-tune")
         _at_least(self.threads, 1, "threads")
+        _at_least(self.random_seeds, 1, "random_seeds")
         _positive(self.memory_gb, "memory_gb")
         if getattr(self.models, self.reference) is None:
             raise UserError(f"reference: {self.reference!r} needs models.{self.reference}")

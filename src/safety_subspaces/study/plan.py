@@ -9,7 +9,9 @@ from ..analyses import AnalysisContext, build_analysis
 from ..edits import EDITS
 from ..edits.projections import is_projection
 from ..registry import Spec
+from ..runtime import frame_seeds
 from ..spectra import CACHE_VERSION
+from ..subspaces import is_seeded
 from .config import GridEntry, Study
 from .jobs import Decomposition, Job, make_job
 from .jobs.analysis import AnalysisSpec
@@ -39,6 +41,14 @@ def decomposition(study: Study) -> Decomposition:
     return Decomposition(CACHE_VERSION, study.projection.svd_method)
 
 
+def edit_seeds(study: Study, edit: Spec) -> list[int]:
+    """The frame seeds an edit variant is evaluated with: every one of random_seeds for an edit on a seeded subspace
+    kind, the study seed alone otherwise (top_k and edits without a subspace are deterministic)."""
+    kind = edit.options.get("subspace")
+    seeded = isinstance(kind, str) and is_seeded(kind)
+    return frame_seeds(study.seed, study.random_seeds if seeded else 1)
+
+
 def reference_metrics(study: Study) -> dict[str, list[str]]:
     """Which metrics each reference row (base, reference, each fine-tune) is evaluated on."""
     by_finetune: dict[str, list[str]] = {}
@@ -49,6 +59,9 @@ def reference_metrics(study: Study) -> dict[str, list[str]]:
                 by_finetune[entry.finetune].append(metric)
     every = sorted({m for ms in by_finetune.values() for m in ms}, key=METRICS.index)
     rows = {"base": every, study.reference: every}
+    other = "safety_tuned" if study.reference == "aligned" else "aligned"
+    if getattr(study.models, other) is not None:  # the other reference model (W_S beside W_A): a reference row too
+        rows[other] = every
     rows.update(by_finetune)
     if study.evaluation.benign is not None:  # over-refusal of every reference row
         rows = {model: [*metrics, "benign"] if "benign" not in metrics else metrics for model, metrics in rows.items()}
@@ -80,17 +93,29 @@ def analysis_specs(study: Study) -> list[Spec]:
     return [*specs, *study.analyses]
 
 
+def seeded_variants(spec: Spec, seeds: list[int]) -> list[tuple[Spec, int]]:
+    """(spec, seed) per frame seed of a seeded analysis: the whole analysis at the first seed, then at each further seed
+    only over the seeded subspace kinds when the analysis takes a `subspaces` option (energy: random kinds only)."""
+    kinds = spec.options.get("subspaces")
+    out = [(spec, seeds[0])]
+    if isinstance(kinds, list):
+        seeded = [kind for kind in kinds if is_seeded(kind)]
+        out.extend((spec.with_options(subspaces=seeded), seed) for seed in seeds[1:] if seeded)
+    return out
+
+
 def analysis_jobs(study: Study, fingerprints: Mapping[str, str]) -> list[Job]:
-    """One job per part of every analysis; its id covers the models that part reads."""
+    """One job per part of every analysis (a seeded analysis per frame seed too); its id covers the models it reads."""
     context = AnalysisContext({role: "" for role in fingerprints}, reference=study.reference,
                               finetunes=list(study.finetunes))
     jobs = []
     for spec in analysis_specs(study):
         analysis = build_analysis(spec.name, spec.options)
-        for part in analysis.parts(context):
-            typed = AnalysisSpec(spec, part, study.seed if analysis.seeded else None,
-                                 decomposition(study) if analysis.uses_spectra else None)
-            jobs.append(make_job("analysis", typed, fingerprints, analysis.roles(context, part)))
+        variants = seeded_variants(spec, frame_seeds(study.seed, study.random_seeds)) if analysis.seeded else [(spec, None)]
+        for variant, seed in variants:
+            for part in analysis.parts(context):
+                typed = AnalysisSpec(variant, part, seed, decomposition(study) if analysis.uses_spectra else None)
+                jobs.append(make_job("analysis", typed, fingerprints, analysis.roles(context, part)))
     return jobs
 
 
@@ -106,7 +131,9 @@ def plan(study: Study, fingerprints: Mapping[str, str], num_layers: int) -> list
     for entry in study.projection.grid:
         for layer in layer_choices(study, num_layers):
             for edit in grid_edits(study, entry):
-                spec = EvaluateSpec(entry.finetune, list(entry.metrics), evaluation_settings(study, list(entry.metrics)),
-                                    edit, layer, study.projection.tensors, study.seed, decomposition(study))
-                jobs.append(make_job("evaluate", spec, fingerprints, ["base", reference, entry.finetune]))
+                for seed in edit_seeds(study, edit):
+                    spec = EvaluateSpec(entry.finetune, list(entry.metrics),
+                                        evaluation_settings(study, list(entry.metrics)), edit, layer,
+                                        study.projection.tensors, seed, decomposition(study))
+                    jobs.append(make_job("evaluate", spec, fingerprints, ["base", reference, entry.finetune]))
     return [*jobs, *(job for job in analyses if job.spec.analysis.name != "energy")]

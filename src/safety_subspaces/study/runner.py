@@ -56,9 +56,15 @@ def choose_run_dir(out: Path, document: dict[str, Any] | None, *, force: bool) -
     return rundir.choose_run_dir(out, kind="study", identity=document, force=force, what="run directory")[0]
 
 
+NOT_IDENTITY = ("allow_pickle", "inference")  # a permission, and settings that only shape the report
+
+
 def identity_of(document: dict[str, Any], inputs: dict[str, str]) -> dict[str, Any]:
-    """What identifies a study run: the resolved config (less permissions such as allow_pickle) and input fingerprints."""
-    science = {key: value for key, value in document.items() if key != "allow_pickle"}
+    """What identifies a study run: the resolved config (less permissions such as allow_pickle and the report's
+    inference settings) and input fingerprints."""
+    science = {key: value for key, value in document.items() if key not in NOT_IDENTITY}
+    if science.get("random_seeds") == 1:
+        del science["random_seeds"]  # one frame per kind: the jobs of a run made before random_seeds existed
     return {"study": science, "inputs": inputs}
 
 

@@ -47,10 +47,10 @@ class Worker:
         self._checkpoints: dict[str, Any] = {}
         self.keep_bytes = int(self.study.memory_gb * 1024**3 / 8)  # per checkpoint; bases get a quarter of the budget
         self._resident: tuple[Any, Any] | None = None
-        self._subspaces = None
+        self._subspaces: dict[int, Any] = {}
         self._live = None
         self._judges: dict[str, Any] = {}
-        self._analysis_context: WorkerContext | None = None
+        self._analysis_contexts: dict[int, WorkerContext] = {}
 
     def checkpoint(self, role: str):
         """The lazily opened checkpoint of a model role."""
@@ -66,16 +66,24 @@ class Worker:
         """The reference model role (aligned or safety_tuned)."""
         return self.study.reference
 
-    def subspaces(self):
-        """Alignment subspaces of Δ = W_ref - W_0 (decompositions cached on disk)."""
+    def subspaces(self, seed: int | None = None):
+        """Alignment subspaces of Δ = W_ref - W_0 with random frames from a seed (default: the study's); one set of
+        decompositions (cached on disk and in memory) serves every seed."""
+        import copy
+
         from ..subspaces import AlignmentSubspaces
 
-        if self._subspaces is None:
-            self._subspaces = AlignmentSubspaces(
+        seed = self.study.seed if seed is None else seed
+        if not self._subspaces:
+            self._subspaces[self.study.seed] = AlignmentSubspaces(
                 self.checkpoint("base"), self.checkpoint(self.reference), seed=self.study.seed,
                 method=self.study.projection.svd_method, device=self.context.device, keep_bytes=2 * self.keep_bytes,
             )
-        return self._subspaces
+        if seed not in self._subspaces:
+            reseeded = copy.copy(next(iter(self._subspaces.values())))  # shares the spectrum cache and memo
+            reseeded.seed = seed
+            self._subspaces[seed] = reseeded
+        return self._subspaces[seed]
 
     def resident(self) -> tuple[Any, Any]:
         """(model, tokenizer) of the reference model, loaded once."""
@@ -88,13 +96,14 @@ class Worker:
             self._resident = (model, load_tokenizer(path, role=self.reference))
         return self._resident
 
-    def live(self):
-        """The resident model wrapped for in-place weight swaps."""
+    def live(self, seed: int | None = None):
+        """The resident model wrapped for in-place weight swaps, its edits drawing random frames from a seed."""
         from ..edits.apply import LiveModel
 
         if self._live is None:
             model, _ = self.resident()
             self._live = LiveModel(model, self.subspaces(), self.checkpoint(self.reference).names)
+        self._live.subspaces = self.subspaces(seed)  # same reference weights: restore() is unaffected
         return self._live
 
     def show(self, role: str) -> tuple[Any, Any]:
@@ -119,11 +128,12 @@ class Worker:
             self._judges[key] = make_judge(spec, runtime)
         return self._judges[key]
 
-    def analysis_context(self) -> "WorkerContext":
-        """The study's models as an analysis context that reads through this worker."""
-        if self._analysis_context is None:
-            self._analysis_context = WorkerContext(self)
-        return self._analysis_context
+    def analysis_context(self, seed: int | None = None) -> "WorkerContext":
+        """The study's models as an analysis context that reads through this worker (random frames from a seed)."""
+        seed = self.study.seed if seed is None else seed
+        if seed not in self._analysis_contexts:
+            self._analysis_contexts[seed] = WorkerContext(self, seed)
+        return self._analysis_contexts[seed]
 
     def run(self, job: Job) -> tuple[Rows, float]:
         """Run one job with its kind's handler; return its (table, row) results and its wall time."""
@@ -135,10 +145,10 @@ class Worker:
 class WorkerContext(AnalysisContext):
     """A worker's models as an analysis context: its checkpoints, its subspaces, its resident model lent per role."""
 
-    def __init__(self, worker: Worker):
+    def __init__(self, worker: Worker, seed: int | None = None):
         study = worker.study
         super().__init__(worker.context.models, reference=study.reference, finetunes=list(study.finetunes),
-                         seed=study.seed, device=worker.context.device, dtype=study.dtype,
+                         seed=study.seed if seed is None else seed, device=worker.context.device, dtype=study.dtype,
                          svd_method=study.projection.svd_method, allow_pickle=study.allow_pickle)
         self.worker = worker
 
@@ -147,8 +157,8 @@ class WorkerContext(AnalysisContext):
         return self.worker.checkpoint(role)
 
     def subspaces(self):
-        """The worker's alignment subspaces."""
-        return self.worker.subspaces()
+        """The worker's alignment subspaces, seeded as this context."""
+        return self.worker.subspaces(self.seed)
 
     @contextmanager
     def loaded(self, role: str) -> Iterator[tuple[Any, Any]]:

@@ -38,6 +38,17 @@ class Columns:
         return left[:, :k] if self.order is None else left[:, self.order[:k]]
 
 
+def deterministic(factory):
+    """Mark a subspace kind whose frame ignores the seed (top_k): studies give it one frame, whatever random_seeds is."""
+    factory.seeded = False
+    return factory
+
+
+def is_seeded(kind: str) -> bool:
+    """Whether a registered kind's frame depends on the seed (every kind unless marked deterministic)."""
+    return bool(getattr(SUBSPACES.get(kind, "subspace kind").factory, "seeded", True))
+
+
 def kind_frame(kind: str, spectrum: Spectrum, k: int, seed: int) -> torch.Tensor:
     """The first k orthonormal columns of a kind's frame for one tensor's spectrum (on the spectrum's device)."""
     if k > spectrum.rank:

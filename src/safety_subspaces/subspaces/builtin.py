@@ -6,10 +6,11 @@ import torch
 
 from ..linalg import haar_frame, random_order
 from ..spectra import Spectrum
-from . import SUBSPACES, Columns
+from . import SUBSPACES, Columns, deterministic
 
 
 @SUBSPACES.register("top_k")
+@deterministic
 def top_k(spectrum: Spectrum, k: int, seed: int) -> Columns:
     """The first k left singular vectors of Δ_A/S (largest singular values first)."""
     return Columns()

@@ -183,14 +183,23 @@ def no_refusal(name: str) -> UserError:
                      "use one that does (wildguard, refusal, rubric, organism)")
 
 
-def over_refusal(judge: Judge, judgments: Sequence[Judgment]) -> list[Metric]:
-    """The over-refusal rate on benign prompts: the judge's refusal rate (a UserError for a judge without one)."""
+def over_refusal_measure(judge: Judge) -> Measure:
+    """The over-refusal rate on benign prompts: the judge's refusal measure renamed (a UserError for a judge without
+    one)."""
     measure = judge.refusal()
     if measure is None:
         raise no_refusal(judge.name)
-    metric = aggregate(Measure(OVER_REFUSAL_METRIC, "over-refusal rate (benign prompts refused)", measure.read),
-                       judgments)
-    return [metric]
+    return Measure(OVER_REFUSAL_METRIC, "over-refusal rate (benign prompts refused)", measure.read)
+
+
+def over_refusal(judge: Judge, judgments: Sequence[Judgment]) -> list[Metric]:
+    """The over-refusal rate of judgments of replies to benign prompts (a UserError for a judge without refusal)."""
+    return [aggregate(over_refusal_measure(judge), judgments)]
+
+
+def evaluated_measures(judge: Judge, benign: bool = False) -> list[Measure]:
+    """The measures an evaluation reports: the judge's own, or on benign prompts the over-refusal rate alone."""
+    return [over_refusal_measure(judge)] if benign else judge.measures()
 
 
 def make_judge(spec: Spec | str, runtime: JudgeRuntime | None = None, /, **options: Any) -> Judge:
@@ -221,6 +230,11 @@ def check_refusal(spec: Spec) -> None:
     cls = judge_class(spec.name)
     if cls is not None and not cls.reports_refusal:
         raise no_refusal(spec.name)
+
+
+def refusing(specs: Sequence[Spec]) -> list[Spec]:
+    """The judges among specs that report refusal (over-refusal reads it); a class that does not say counts."""
+    return [spec for spec in specs if (judge_class(spec.name) is None or judge_class(spec.name).reports_refusal)]
 
 
 def check_judge(spec: Spec, runtime: JudgeRuntime | None = None) -> str | None:

@@ -42,6 +42,8 @@ class RunAnalysis(JobKind):
         """The analysis' rows (with the reference role when they are about updates relative to it)."""
         spec: AnalysisSpec = job.spec
         analysis = build_analysis(spec.analysis.name, spec.analysis.options, f"analysis {spec.analysis.name}")
-        result = analysis.run(worker.analysis_context(), spec.part)
+        result = analysis.run(worker.analysis_context(spec.seed), spec.part)
         extra = {"reference": worker.reference} if analysis.relative_to_reference else {}
+        if analysis.seeded and spec.seed is not None:
+            extra["seed"] = spec.seed  # the frame seed its random subspace kinds used (one of random_seeds)
         return [(analysis.table.name, {**row, **extra}) for row in result.rows]

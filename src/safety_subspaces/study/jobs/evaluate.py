@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from ... import layout
 from ...edits import EDITS
 from ...registry import Spec
-from ...tables import EVALUATION
+from ...tables import EVALUATION, ITEMS
 from ..config import Benign, Harm, Utility
 from . import JOB_KINDS, Decomposition, Job, JobKind
 
@@ -59,7 +59,7 @@ def swap_in(worker: "Worker", spec: EvaluateSpec):
     if spec.edit is None:
         return worker.show(spec.model)
     select = TensorFilter(spec.tensors, (spec.layer,) if spec.layer is not None else None)
-    worker.live().apply(worker.checkpoint(spec.model), Spec(spec.edit.name, dict(spec.edit.options)), select)
+    worker.live(spec.seed).apply(worker.checkpoint(spec.model), Spec(spec.edit.name, dict(spec.edit.options)), select)
     return worker.resident()
 
 
@@ -78,21 +78,29 @@ class Evaluate(JobKind):
         return f"{spec.model} {spec.edit.name} {values}{layer}"
 
     def tables(self, spec: EvaluateSpec) -> list[str]:
-        """The evaluation table."""
-        return [EVALUATION.name]
+        """The evaluation table and the per-item outcomes behind it."""
+        return [EVALUATION.name, ITEMS.name]
 
     def run(self, worker: "Worker", job: Job) -> "Rows":
-        """Evaluate the variant on each metric; the resident model is restored afterwards."""
+        """Evaluate the variant on each metric; the resident model is restored afterwards.
+
+        Rows: the evaluation table's, and one items record per metric (per-item outcomes keyed like the samples that
+        samples/JOB/METRIC/ holds: replies and judgments, or lm-eval's per-document records).
+        """
         from ...evaluate.harm import evaluate_harm, load_harm_prompts
+        from ...evaluate.table import write_outputs
         from ...evaluate.utility import evaluate_utility
 
         spec: EvaluateSpec = job.spec
         settings = spec.settings
         extra: dict[str, Any] = {"layer": spec.layer, "job": job.id, "reference": worker.reference}
+        if spec.edit is not None:
+            extra["seed"] = spec.seed  # the frame seed of a random subspace kind (one of random_seeds)
         if spec.edit is not None and set(spec.edit.options) - set(LABELLED_OPTIONS):
             extra["edit_options"] = {k: v for k, v in spec.edit.options.items() if k not in LABELLED_OPTIONS}
         model, tokenizer = swap_in(worker, spec)
         rows: list[dict[str, Any]] = []
+        items: list[dict[str, Any]] = []
         try:
             for metric in spec.metrics:
                 if metric == "utility":
@@ -103,6 +111,9 @@ class Evaluate(JobKind):
                         max_gen_toks=utility.max_gen_toks, labels=labels(spec),
                     )
                     rows.extend({**row, "metric_group": "utility", "task": utility.task} for row in result.rows)
+                    items.extend({**record, "metric_group": "utility"} for record in result.items)
+                    write_outputs(worker.run_dir / layout.SAMPLES / job.id / metric, result.rows, result.samples,
+                                  result.items)
                     continue
                 benign = metric == "benign"
                 harm = settings.harm  # over-refusal uses the harm judge and generation settings
@@ -115,6 +126,8 @@ class Evaluate(JobKind):
                     out_dir=worker.run_dir / layout.SAMPLES / job.id / metric,
                 )
                 rows.extend({**row, "metric_group": metric} for row in result.rows)
+                items.extend({**record, "metric_group": metric} for record in result.items or [])
         finally:
             worker.live().restore()
-        return [(EVALUATION.name, {**row, **extra}) for row in rows]
+        return [*((EVALUATION.name, {**row, **extra}) for row in rows),
+                *((ITEMS.name, {**record, **extra}) for record in items)]

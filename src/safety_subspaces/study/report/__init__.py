@@ -12,9 +12,10 @@ from ... import layout
 from ...errors import UserError
 from ...files import atomic_write_text, make_dirs, write_csv
 from ...rundir import read_document
-from ...tables import PAPER_TABLES, RESULT_TABLES, Table
+from ...tables import COMPARISONS, ITEMS, PAPER_TABLES, RESULT_TABLES, Table
 from ..config import Study, parse_study
 from .figures import ReportData, draw_figures
+from .comparisons import study_comparisons
 from .paper_tables import PaperTable, paper_tables, table_html
 from .reading import reading
 
@@ -64,14 +65,20 @@ def load_run(run_dir: Path) -> tuple[Study, dict[str, list[dict[str, Any]]], lis
 
 
 def write_report(run_dir: Path) -> Path:
-    """Write report.html, CSV exports and figures/*.png for a study run; return the HTML path."""
+    """Write report.html, CSV exports (items.csv: one line per item; comparisons.csv) and figures/*.png for a study
+    run; return the HTML path."""
+    from ...evaluate.table import item_lines
+
     run_dir = Path(run_dir)
     study, tables, jobs = load_run(run_dir)
     schemas = study_tables(study)
     for name, rows in tables.items():
         if rows:
-            write_csv(run_dir / schemas[name].csv, rows, schemas[name].columns)
-    paper = paper_tables(tables["evaluation"], study)
+            write_csv(run_dir / schemas[name].csv, item_lines(rows) if name == ITEMS.name else rows, schemas[name].columns)
+    comparisons = study_comparisons(tables, study)
+    if comparisons:
+        write_csv(run_dir / COMPARISONS.csv, comparisons, COMPARISONS.columns)
+    paper = paper_tables(tables["evaluation"], study, tables.get(ITEMS.name) or [])
     write_csv(run_dir / PAPER_TABLES.csv, [r for t in paper for r in t.as_rows()], PAPER_TABLES.columns)
     make_dirs(run_dir / layout.FIGURES)
     sections = draw_figures(ReportData(run_dir, study, tables, paper, jobs))

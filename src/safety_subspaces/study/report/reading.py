@@ -40,7 +40,7 @@ def interpolate(points: Sequence[tuple[float, float]], x: float) -> float | None
 def recovery_curves(table: PaperTable, finetune: str, scheme: str,
                     energy: Sequence[Mapping[str, Any]]) -> dict[str, list[tuple[float, float]]]:
     """Per subspace kind: (energy kept, share of the fine-tune's change kept) at each fraction."""
-    aligned, finetuned = table.references[1][1], table.references[2][1]
+    aligned, finetuned = table.start, table.end
     curves = {}
     for kind, cells in table.subspaces:
         points = []
@@ -70,7 +70,7 @@ def reading(tables: Sequence[PaperTable], energy: Sequence[Mapping[str, Any]], w
     grid = [(entry, group) for entry in study.projection.grid for group in entry.metrics]
     advantages: dict[tuple[str, str, str], float] = {}
     for table, (entry, group) in zip(tables, grid):
-        aligned, finetuned = table.references[1][1], table.references[2][1]
+        aligned, finetuned = table.start, table.end
         if aligned.value is None or finetuned.value is None:
             continue
         sentence = f"{table.title}: aligned {fmt(aligned.value)}, fine-tuned {fmt(finetuned.value)}."

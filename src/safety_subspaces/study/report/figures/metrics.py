@@ -11,5 +11,5 @@ from . import ReportData, figure
 @figure("metrics", position=3)
 def metrics(report: ReportData) -> list[Path | None]:
     """Utility and harm against the rank fraction."""
-    return [plots.metric_figure(table, report.figures_dir / f"{table.metric}_{entry.finetune}_{entry.scheme}.png")
-            for table, (entry, _) in zip(report.paper, report.grid)]
+    return [plots.metric_figure(table, report.figures_dir / ("_".join(
+        filter(None, (table.metric, table.finetune, table.scheme, table.judge))) + ".png")) for table in report.paper]
