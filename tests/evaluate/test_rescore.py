@@ -233,3 +233,50 @@ def test_rescore_a_study_adds_store_rows_and_csvs_and_resumes(organism_zoo, tmp_
         assert store.rows("evaluation") == rows
     finally:
         store.close()
+
+
+def test_a_study_names_two_judges_and_the_report_shows_both(organism_zoo, tmp_path, monkeypatch):
+    """judge: [organism, refusal]: the replies are generated once and judged by both; every evaluation has both
+    judges' rows (harm and over-refusal), and the report has a table per judge, titled by its scale."""
+    from safety_subspaces.study.store import Store
+
+    monkeypatch.setenv("SAFETY_SUBSPACES_ZOO", str(organism_zoo))
+    config = json.loads(json.dumps(STUDY))
+    config["evaluation"]["harm"]["judge"] = ["organism", "refusal"]
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert main(["run", str(study), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    run_dir = tmp_path / "run"
+    store = Store(run_dir / "results.sqlite")
+    try:
+        rows = store.rows("evaluation")
+        items = store.rows("items")
+    finally:
+        store.close()
+    for group, metric in (("harm", "harm_score"), ("benign", "over_refusal_rate")):
+        cells = {(r["job"], r["judge"]) for r in rows if r["metric_group"] == group and r["metric"] == metric}
+        jobs = {job for job, _ in cells}
+        assert cells == {(job, judge) for job in jobs for judge in ("organism", "refusal")}, group
+    assert {r["judge"] for r in items if r["metric_group"] == "harm"} == {"organism", "refusal"}
+    generated = [json.loads(line) for line in
+                 next((run_dir / "samples").glob("*/harm/generations.jsonl")).read_text().splitlines()]
+    assert len(generated) == len({g["key"] for g in generated}) == 6  # generated once, not once per judge
+    report = (run_dir / "report.html").read_text()
+    assert "organism reply class (1 refusal … 5 compliance) of the harmful fine-tune, parallel projection, judge organism" in report
+    assert "refusal-phrase score (1 refusal, 5 none) of the harmful fine-tune, parallel projection, judge refusal" in report
+
+
+def test_over_refusal_in_a_study_needs_one_judge_that_reports_refusal():
+    """[strongreject, harmbench] with benign prompts is refused, naming both; [organism, strongreject] is fine (the
+    benign prompts go to organism only)."""
+    from safety_subspaces.study.config import parse_study
+    from safety_subspaces.study.inputs import CheckedInputs, check_judge
+
+    config = json.loads(json.dumps(STUDY))
+    config["evaluation"]["harm"]["judge"] = ["strongreject", "harmbench"]
+    with pytest.raises(UserError, match="none of the judges strongreject, harmbench reports refusal"):
+        check_judge(parse_study(config), offline=True, checked=CheckedInputs())
+    config["evaluation"]["harm"]["judge"] = ["organism", {"name": "strongreject", "adapter": "nowhere/adapter"}]
+    checked = CheckedInputs()
+    check_judge(parse_study(config), offline=True, checked=checked)
+    assert any(note.startswith("evaluation.harm.judge[1]: judge adapter nowhere/adapter") for note in checked.notes)

@@ -67,16 +67,17 @@ def reading(tables: Sequence[PaperTable], energy: Sequence[Mapping[str, Any]], w
             activation: Sequence[Mapping[str, Any]], study: Study) -> list[str]:
     """Plain-language sentences about what the numbers say."""
     lines = []
-    grid = [(entry, group) for entry in study.projection.grid for group in entry.metrics]
+    entries = {(entry.finetune, entry.scheme): entry for entry in study.projection.grid}
     advantages: dict[tuple[str, str, str], float] = {}
-    for table, (entry, group) in zip(tables, grid):
+    for table in tables:  # one per (grid entry, metric group, judge)
+        entry, group = entries[table.finetune, table.scheme], table.metric
         aligned, finetuned = table.start, table.end
         if aligned.value is None or finetuned.value is None:
             continue
         sentence = f"{table.title}: aligned {fmt(aligned.value)}, fine-tuned {fmt(finetuned.value)}."
         gain = advantage(recovery_curves(table, entry.finetune, entry.scheme, energy))
         if gain is not None:
-            advantages[(entry.scheme, entry.finetune, group)] = gain
+            advantages.setdefault((entry.scheme, entry.finetune, group), gain)  # the first judge's, with several
             sentence += (f" At equal energy kept, the top_k projection keeps {gain:+.2f} of the fine-tune's change "
                          "beyond what a random subspace keeps (0: no different from random).")
         lines.append(sentence)
