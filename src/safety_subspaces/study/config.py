@@ -220,9 +220,12 @@ class Harm:
                 if key in value:
                     raise UserError(f"{_key(where, key)}: judge options now go with the judge: "
                                     f"judge: {{name: {value.get('judge', DEFAULT_JUDGE)}, {option}: ...}}")
-            if isinstance(value.get("judge"), list):  # each entry's own message (unknown judge, bad option)
-                for index, entry in enumerate(value["judge"]):
+            judges = value.get("judge")  # each judge's own message (unknown judge, bad option), not the union's
+            if isinstance(judges, list):
+                for index, entry in enumerate(judges):
                     JUDGES.spec(entry, f"{_key(where, 'judge')}[{index}]")
+            elif judges is not None:
+                JUDGES.spec(judges, _key(where, "judge"))
         return value
 
     @property
