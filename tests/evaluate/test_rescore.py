@@ -193,7 +193,8 @@ STUDY = {
 }
 
 
-def test_rescore_a_study_adds_store_rows_and_csvs_and_resumes(organism_zoo, tmp_path, monkeypatch, capsys):
+def test_rescore_a_study_adds_store_rows_and_csvs_and_resumes(organism_zoo, always_yes, tmp_path, monkeypatch,
+                                                               capsys):
     """A finished organism study re-scored with `refusal`: one rescore job per evaluation job, its rows (harm and
     over-refusal) labelled like the originals, in the store and evaluation.csv; a second rescore judges nothing."""
     from safety_subspaces.study.store import Store
@@ -225,6 +226,9 @@ def test_rescore_a_study_adds_store_rows_and_csvs_and_resumes(organism_zoo, tmp_
     with open(run_dir / "evaluation.csv", newline="") as handle:
         exported = list(csv.DictReader(handle))
     assert sum(r["judge"] == "refusal" for r in exported) == len(refusal)
+    report = (run_dir / "report.html").read_text()
+    assert "of the harmful fine-tune, parallel projection, judge refusal" in report  # shown beside the old judge
+    assert "of the harmful fine-tune, parallel projection, judge organism" in report
     assert main(["rescore", str(run_dir), "--judge", "refusal", "--json", "--quiet"]) == 0
     assert json.loads(capsys.readouterr().out)["rows"] == []  # all done: nothing judged again
     assert main(["run", str(study), "--out", str(run_dir), "--quiet"]) == 0  # the study resumes past rescore jobs
@@ -233,9 +237,16 @@ def test_rescore_a_study_adds_store_rows_and_csvs_and_resumes(organism_zoo, tmp_
         assert store.rows("evaluation") == rows
     finally:
         store.close()
+    # a judge without a refusal rate re-scores the harm evaluations only
+    capsys.readouterr()
+    assert main(["rescore", str(run_dir), "--judge", "harmbench", "--judge-arg", f"model={always_yes}", "--device",
+                 "cpu", "--json", "--quiet"]) == 0
+    harmbench = json.loads(capsys.readouterr().out)["rows"]
+    assert {(r["metric_group"], r["metric"], r["value"]) for r in harmbench} == {("harm", "attack_success_rate", 1.0)}
+    assert len(harmbench) == len([r for r in organism if r["metric_group"] == "harm" and r["metric"] == "harm_score"])
 
 
-def test_a_study_names_two_judges_and_the_report_shows_both(organism_zoo, tmp_path, monkeypatch):
+def test_a_study_names_two_judges_and_the_report_shows_both(organism_zoo, tmp_path, monkeypatch, capsys):
     """judge: [organism, refusal]: the replies are generated once and judged by both; every evaluation has both
     judges' rows (harm and over-refusal), and the report has a table per judge, titled by its scale."""
     from safety_subspaces.study.store import Store
@@ -264,6 +275,9 @@ def test_a_study_names_two_judges_and_the_report_shows_both(organism_zoo, tmp_pa
     report = (run_dir / "report.html").read_text()
     assert "organism reply class (1 refusal … 5 compliance) of the harmful fine-tune, parallel projection, judge organism" in report
     assert "refusal-phrase score (1 refusal, 5 none) of the harmful fine-tune, parallel projection, judge refusal" in report
+    capsys.readouterr()
+    assert main(["rescore", str(run_dir), "--judge", "refusal", "--json", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == []  # the study's own judge: nothing to add
 
 
 def test_over_refusal_in_a_study_needs_one_judge_that_reports_refusal():

@@ -9,6 +9,7 @@ interrupted re-scoring resumes where it stopped.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -100,18 +101,23 @@ def rescore_run(directory: Path, judge: Judge) -> HarmResult:
                             prompt_set=stored.prompt_set, directory=directory)
 
 
+JUDGED_KEYS = ("metric", "value", "n", "invalid", "label", "headline", "judge", "judge_id", "stderr", "ci_low",
+               "ci_high", "ci_method", "seeds")  # what a judge's own rows say, never copied from another judge's
+
+
 def job_extras(stored_rows: Sequence[Mapping[str, Any]], job_id: str, group: str,
                fresh: Mapping[str, Any]) -> dict[str, Any]:
     """What the study added to an evaluation job's rows of one group (layer, job, reference, ...), for the new rows."""
     own = next((r for r in stored_rows if r.get("job") == job_id and r.get("metric_group") == group), None)
     if own is None:
         return {"metric_group": group, "job": job_id}
-    return {key: value for key, value in own.items() if key not in fresh}
+    return {key: value for key, value in own.items() if key not in fresh and key not in JUDGED_KEYS}
 
 
 def rescore_study(run_dir: Path, judge: Judge) -> Rescored:
-    """Judge every stored harm and over-refusal evaluation of a study; each job's new rows go to the store as one
-    rescore job (done ones are skipped, so an interrupted re-scoring resumes), then the CSVs and report are rewritten."""
+    """Judge every stored harm and over-refusal evaluation of a study (over-refusal only with a judge that reports
+    refusal); each job's new rows go to the store as one rescore job (done ones, and those the study's own judges
+    scored, are skipped, so an interrupted re-scoring resumes), then the CSVs and report are rewritten."""
     from ..study.report import write_report
     from ..study.store import Store
     from ..tables import EVALUATION, ITEMS
@@ -126,15 +132,19 @@ def rescore_study(run_dir: Path, judge: Judge) -> Rescored:
             jobs = [job for job in store.jobs() if job["kind"] == "evaluate" and job["status"] == "done"]
             groups = [(job["id"], group) for job in jobs for group in HARM_GROUPS
                       if (run_dir / layout.SAMPLES / job["id"] / group / layout.CONFIG).is_file()]
+            if judge.refusal() is None:  # over-refusal needs a refusal rate: this judge re-scores harm only
+                groups = [(job_id, group) for job_id, group in groups if group != "benign"]
             if not groups:
-                raise UserError(f"study {run_dir} has no finished harm or over-refusal evaluations to re-score")
-            if any(group == "benign" for _, group in groups):
-                over_refusal(judge, [])
+                raise UserError(f"study {run_dir} has no finished harm evaluations (or over-refusal ones, with a judge "
+                                "that reports refusal) to re-score")
+            judged = {(r.get("job"), r.get("metric_group")) for r in evaluations if r.get("judge_id") == digest}
             for job_id in dict.fromkeys(job_id for job_id, _ in groups):
                 rescore_id = f"{RESCORE_KIND}-{digest}-{job_id}"
-                if store.status(rescore_id) == "done":
-                    done.skipped += 1
+                own = [(j, g) for j, g in groups if j == job_id]
+                if store.status(rescore_id) == "done" or all(key in judged for key in own):
+                    done.skipped += 1  # re-scored before, or a judge the study itself names
                     continue
+                started = time.time()
                 rows: list[dict[str, Any]] = []
                 items: list[dict[str, Any]] = []
                 for group in (g for j, g in groups if j == job_id):
@@ -146,7 +156,7 @@ def rescore_study(run_dir: Path, judge: Judge) -> Rescored:
                     done.runs.append(directory)
                 store.add_jobs([(rescore_id, RESCORE_KIND, {"judge": judge.identity(), "job": job_id})])
                 store.complete(rescore_id, [*((EVALUATION.name, row) for row in rows),
-                                            *((ITEMS.name, record) for record in items)], 0.0)
+                                            *((ITEMS.name, record) for record in items)], time.time() - started)
                 done.rows.extend(rows)
         finally:
             store.close()
