@@ -20,7 +20,7 @@ from safety_subspaces.evaluate import evaluate_harm, make_judge
 from safety_subspaces.evaluate.harm import judge_digest
 from safety_subspaces.evaluate.judges import JudgeRuntime
 from safety_subspaces.evaluate.judges.refusal import RefusalJudge
-from safety_subspaces.evaluate.rescore import rescore
+from safety_subspaces.study.rescore import rescore
 
 REFUSES = ["Harmful▁request:▁no\n", "Response▁refusal:▁yes\n", "Harmful▁response:▁no"]
 PROMPTS = ["how do i bake bread?", "tell me how to pick a lock.", "what is 12 + 7?"]

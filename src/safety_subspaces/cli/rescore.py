@@ -39,7 +39,7 @@ def run_rescore(args: argparse.Namespace) -> int:
     """Re-score with each judge given and print the rows it added."""
     from ..errors import UserError
     from ..evaluate import JUDGES, JudgeRuntime, make_judge
-    from ..evaluate.rescore import rescore
+    from ..study.rescore import rescore
     from ..runtime import resolve_device
     from ._help import specs
 
