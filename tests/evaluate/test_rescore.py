@@ -135,6 +135,15 @@ def test_an_interrupted_rescore_resumes(run, monkeypatch, no_generator):
     assert {r["metric"]: r["n"] for r in done.rows}["harm_score"] == 3
 
 
+def test_a_run_written_before_labels_were_recorded_takes_them_from_its_rows(run, guard, no_generator):
+    """config.yaml without labels (older runs): the new rows take model and variant from results.csv."""
+    document = yaml.safe_load((run / "config.yaml").read_text())
+    assert document.pop("labels") == {"model": "tiny", "variant": "", "subspace": "", "scheme": "", "fraction": None}
+    (run / "config.yaml").write_text(yaml.safe_dump(document))
+    done = rescore(run, make_judge("wildguard", JudgeRuntime(device="cpu"), model=str(guard)))
+    assert {(r["model"], r["variant"], r["fraction"]) for r in done.rows} == {("tiny", "", None)}
+
+
 def test_cli_rescore_json_and_quiet(run, guard, capsys, no_generator):
     """rescore RUN --judge wildguard --judge-arg model=... --json --quiet: the rows on stdout, nothing on stderr."""
     code = main(["rescore", str(run), "--judge", "wildguard", "--judge-arg", f"model={guard}", "--device", "cpu",
