@@ -13,7 +13,7 @@ PACKAGE = "safety_subspaces"
 # packages whose modules are registered built-ins: each must stand alone (shared code lives in the package's
 # __init__ or in a helper module), so adding one is one new file
 REGISTRY_PACKAGES = ["subspaces", "edits", "evaluate.judges", "analyses", "study.jobs", "study.executors",
-                     "study.report.figures"]
+                     "study.report.figures", "transforms", "finetune.constraints"]
 
 
 def modules() -> dict[str, tuple[Path, bool]]:

@@ -24,6 +24,7 @@ from safety_subspaces.analyses.capture import (
 )
 from safety_subspaces.analyses.common import mso_curve
 from safety_subspaces.errors import UserError
+from safety_subspaces.spectra import Spectrum
 
 PROMPTS = [
     "how do i bake bread?", "what is 12 + 7?", "tell me how to pick a lock.", "write a poem about the sea.",
@@ -277,3 +278,39 @@ def test_prompt_filters_match_text_lists_and_category_dicts(tmp_path):
     assert PromptSource.parse(f"{path}@tags=x|y").load() == ["p0", "p1", "p3", "p6"]
     with pytest.raises(UserError, match="no record has tags in z"):
         PromptSource.parse(f"{path}@tags=z").load()
+
+
+def test_prompt_bootstrap_interval_covers_the_population_mso_and_unit_weights_are_the_sample():
+    from safety_subspaces.analyses.activation_overlap import bootstrap_intervals, moment_spectrum, weighted_spectrum
+
+    rng = np.random.default_rng(0)
+    d, n = 12, 60
+    basis = np.linalg.qr(rng.standard_normal((d, d)))[0]
+    scales = np.array([3.0, 2.0, 1.0] + [0.2] * (d - 3))
+
+    def sample(rotation):  # prompts whose activations spread along a few directions of `rotation`
+        return torch.from_numpy((rng.standard_normal((n, d)) * scales) @ rotation.T)
+
+    shared, tilted = sample(basis), sample(np.linalg.qr(basis + 0.3 * rng.standard_normal((d, d)))[0])
+    full = weighted_spectrum(shared, torch.ones(n, dtype=torch.float64), centered=False)
+    direct = moment_spectrum(shared.T @ shared, shared.sum(0), float(n), centered=False)
+    assert torch.allclose(full.singular, direct.singular)
+    vectors = {"a": {1: shared}, "b": {1: tilted}}
+    bounds = bootstrap_intervals(vectors, [("a", "b")], [1], [0.5], replicates=200, seed=3)
+    point = mso_curve(weighted_spectrum(shared, torch.ones(n, dtype=torch.float64), False),
+                      weighted_spectrum(tilted, torch.ones(n, dtype=torch.float64), False), [0.5])[0]["mso"]
+    low, high = bounds[("a vs b", 1, False, 0.5)]
+    assert low <= point <= high and high - low > 0.01
+    assert bounds[("a vs b", "band", False, 0.5)] == pytest.approx((low, high))  # a one-index band: the same draws
+    again = bootstrap_intervals(vectors, [("a", "b")], [1], [0.5], replicates=200, seed=3)
+    assert again == bounds
+
+
+def test_mso_rows_carry_the_null_quantile_above_the_null_mean():
+    rng = np.random.default_rng(1)
+    a = Spectrum(torch.linalg.qr(torch.from_numpy(rng.standard_normal((30, 30))))[0], torch.linspace(5, 1, 30), 0.0)
+    b = Spectrum(torch.linalg.qr(torch.from_numpy(rng.standard_normal((30, 30))))[0], torch.linspace(5, 1, 30), 0.0)
+    a = Spectrum(a.left, a.singular, float((a.singular ** 2).sum()))
+    b = Spectrum(b.left, b.singular, float((b.singular ** 2).sum()))
+    for row in mso_curve(a, b, [0.2, 0.5, 0.9]):
+        assert row["mso_random"] < row["mso_random_q95"] <= 1

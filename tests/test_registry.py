@@ -74,6 +74,28 @@ def test_bad_options_are_one_user_error_naming_where_and_the_option(spec, needle
     assert needle in str(info.value)
 
 
+def test_an_option_named_like_a_python_keyword_is_a_parameter_with_a_trailing_underscore():
+    registry = fresh()
+
+    @registry.register("penalty")
+    def penalty(lambda_: float = 1.0, class_: str = "a") -> dict:
+        """A factory whose options are Python keywords.
+
+        Args:
+            lambda: the weight.
+            class_: a class label.
+        """
+        return {"lambda": lambda_, "class": class_}
+
+    assert [o.name for o in registry.get("penalty").options] == ["lambda", "class"]
+    assert registry.build(Spec("penalty", registry.parse_pairs("penalty", ["lambda=3"], "--arg")), "here") == \
+        {"lambda": 3.0, "class": "a"}
+    assert registry.build(registry.spec({"name": "penalty", "lambda": 2, "class": "b"}, "cfg"), "cfg") == \
+        {"lambda": 2.0, "class": "b"}
+    with pytest.raises(UserError, match="unknown option 'lambda_'"):
+        registry.build(Spec("penalty", {"lambda_": 2}), "here")
+
+
 def test_yaml_and_command_line_forms_give_the_same_spec():
     registry = fresh()
     from_yaml = registry.spec({"name": "zoom", "factor": 0.5, "tags": ["a", "b"], "label": "3"}, "cfg")

@@ -215,3 +215,14 @@ def test_mean_of_members_null_quantile_matches_direct_simulation():
     quantile = stats.mso_null_mean_quantile(members, draws=3000, seed=9)
     assert quantile == pytest.approx(np.quantile(direct, 0.95), abs=0.02)
     assert quantile < max(stats.mso_null_quantile(*m)[0] for m in members)  # a mean of independent draws spreads less
+
+
+def test_p_values_resolve_below_the_bootstrap_floor_so_a_large_holm_family_can_pass():
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(0.5, 1, 200), rng.normal(0, 1, 200)
+    found = stats.paired_difference(a, b, bootstrap=500, seed=1)
+    assert found.p_value < 2 / 501 and stats.holm([found.p_value] * 120)[0] < 0.05
+    z = (a - b).mean() / ((a - b).std(ddof=1) / math.sqrt(200))
+    assert found.p_value == pytest.approx(2 * stats._normal_cdf(-abs(z)), rel=0.5)  # bootstrap SE ≈ the plain SE
+    assert stats.bootstrap_z_p_value(0.3, np.full(100, 0.3)) == 0.0
+    assert stats.bootstrap_z_p_value(0.0, np.zeros(100)) == 1.0

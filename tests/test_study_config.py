@@ -133,3 +133,21 @@ def test_resolving_a_study_never_builds_the_zoo(tmp_path, monkeypatch):
     assert resolved.needs_zoo and resolved.paths == {}  # every model waits for the materialise stage
     assert any("not built yet" in note for note in resolved.notes)
     assert not (tmp_path / "zoo").exists()
+
+
+def test_random_seeds_add_frames_of_seeded_kinds_and_keep_the_first_seed_jobs():
+    from safety_subspaces.runtime import frame_seeds
+
+    fingerprints = {role: role * 4 for role in ("base", "aligned", "useful", "harmful", "contaminated")}
+    one = plan(parse_study(MINIMAL), fingerprints, num_layers=4)
+    three = plan(parse_study(with_changes(random_seeds=3)), fingerprints, num_layers=4)
+    assert {job.id for job in one} <= {job.id for job in three}  # S = 1 is seed 0 of S: every stored number stays
+    extra = [job for job in three if job.id not in {j.id for j in one}]
+    evaluated = [job for job in extra if job.kind == "evaluate"]
+    assert evaluated and {job.spec.edit.options["subspace"] for job in evaluated} == {"random_k", "random"}
+    assert len(evaluated) == 4 * 2 * 5 * 2  # grid entries x seeded kinds x fractions x two more seeds
+    seeds = frame_seeds(parse_study(MINIMAL).seed, 3)
+    assert {job.spec.seed for job in evaluated} == set(seeds[1:]) and len(set(seeds)) == 3
+    energy = [job for job in extra if job.kind == "analysis"]
+    assert [job.spec.analysis.name for job in energy] == ["energy", "energy"]  # random kinds only, per extra seed
+    assert all("top_k" not in job.spec.analysis.options["subspaces"] for job in energy)

@@ -221,3 +221,19 @@ def test_ray_executor_on_cpu_matches_local(finished_run, zoo_env, tmp_path):
     shared = set(ray_rows) & set(local_rows)
     assert len(shared) >= 10
     assert all(ray_rows[key] == local_rows[key] for key in shared)
+
+
+def test_power_from_a_pilot_run_and_in_the_config_check(finished_run, zoo_env, capsys):
+    from safety_subspaces import stats
+
+    run_dir = finished_run / "run"
+    assert main(["power", "--metric", "utility", "--n", "200", "--pilot", str(run_dir), "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    headline = next(r["metric"] for r in rows_of(run_dir, "evaluation") if r.get("headline"))
+    items = {r["model"]: r for r in rows_of(run_dir, "items") if r["metric"] == headline and r["variant"] == "reference"}
+    useful, aligned = items["useful"], items["aligned"]
+    assert found["sd"] == pytest.approx(stats.paired_sd(useful["outcomes"], aligned["outcomes"]))
+    assert "useful/reference − aligned/reference on 16 items" in found["source"]
+    assert main(["run", str(finished_run / "study.yaml"), "--check", "--out", str(finished_run / "checked")]) == 0
+    out = capsys.readouterr().out
+    assert "power: utility: on n = 16 paired items" in out and "power: harm: on n = 16 paired items" in out

@@ -11,7 +11,7 @@ import struct
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -55,6 +55,11 @@ def layer_index(name: str) -> int | None:
     """The decoder block index in a tensor name (model.layers.7.mlp... -> 7), None outside blocks."""
     match = LAYER_PATTERN.search(name)
     return int(match.group(1)) if match else None
+
+
+def is_decoder_matrix(name: str, shape: Sequence[int]) -> bool:
+    """Whether a tensor is a 2-D weight inside a decoder block (a defence's default modules)."""
+    return len(shape) == 2 and layer_index(name) is not None
 
 
 @dataclass(frozen=True)
@@ -397,9 +402,12 @@ def write_checkpoint(
     *,
     template: Checkpoint,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
-    extra_files: Mapping[str, str] | None = None,
+    extra_files: Mapping[str, str | Callable[[], str]] | None = None,
 ) -> Path:
-    """Write a complete HF checkpoint atomically: weights as given, other files copied from template's directory."""
+    """Write a complete HF checkpoint atomically: weights as given, other files copied from template's directory.
+
+    An extra file's text may be a callable, asked once every tensor is written (a note about what was written).
+    """
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"model output {out_dir} exists and is not empty")
@@ -411,5 +419,5 @@ def write_checkpoint(
         for path in model_files_to_copy(template.path):
             shutil.copyfile(path, stage / path.name)  # content only: the copy's mode follows the umask
         for name, text in (extra_files or {}).items():
-            (stage / name).write_text(text, encoding="utf-8")
+            (stage / name).write_text(text() if callable(text) else text, encoding="utf-8")
     return out_dir

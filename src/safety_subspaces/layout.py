@@ -15,3 +15,4 @@ GENERATIONS = "generations.jsonl"  # a harm evaluation's journal of replies
 JUDGMENTS = "judgments.jsonl"  # a harm evaluation's journal of judgments
 ACTIVATIONS = "activations.safetensors"  # pooled activation vectors, when asked for
 EDIT_NOTE = "edit.json"  # an edited checkpoint's note: which fine-tune, edit and options made it
+DEFENCE_RECORD = "defence.json"  # a defended checkpoint's record: the defence, its options, its modules' gate and energy

@@ -42,7 +42,8 @@ def save(figure, path: Path) -> Path:
 
 
 def plot_mso_curves(ax, rows: Sequence[Row], *, series: str = "pair", title: str = "") -> None:
-    """MSO against η on one axes, a solid line per series value with its random baseline dashed in the same colour."""
+    """MSO against η on one axes: a solid line per series value, its bootstrap interval over prompts shaded where the
+    rows carry one (mso_low, mso_high), its random baseline dashed and the null's 95 % quantile dotted, same colour."""
     groups: dict[str, list[Row]] = {}
     for row in rows:
         groups.setdefault(str(row[series]), []).append(row)
@@ -51,10 +52,15 @@ def plot_mso_curves(ax, rows: Sequence[Row], *, series: str = "pair", title: str
         etas = [as_float(r["eta"]) for r in members]
         colour = f"C{index % 10}"
         ax.plot(etas, [as_float(r["mso"]) for r in members], marker="o", markersize=3, color=colour, label=label)
-        ax.plot(etas, [as_float(r["mso_random"]) for r in members], linestyle="--", color=colour, alpha=0.7,
-                label=f"{label} (random)")
+        low, high = [as_float(r.get("mso_low")) for r in members], [as_float(r.get("mso_high")) for r in members]
+        if not all(math.isnan(v) for v in low + high):
+            ax.fill_between(etas, low, high, color=colour, alpha=0.18, linewidth=0)
+        ax.plot(etas, [as_float(r["mso_random"]) for r in members], linestyle="--", color=colour, alpha=0.7)
+        q95 = [as_float(r.get("mso_random_q95")) for r in members]
+        if not all(math.isnan(v) for v in q95):
+            ax.plot(etas, q95, linestyle=":", color=colour, alpha=0.7)
     ax.set_xlabel("energy fraction η")
-    ax.set_ylabel("MSO")
+    ax.set_ylabel("MSO (0–1)")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
@@ -62,38 +68,81 @@ def plot_mso_curves(ax, rows: Sequence[Row], *, series: str = "pair", title: str
         ax.set_title(title, fontsize=10)
 
 
+LEGEND_INCHES = 2.4  # the width kept right of the panels for the figure's legend
+
+
+def legend_outside(figure, axes, *, extra: Sequence[tuple[object, str]] = ()) -> None:
+    """One legend for the figure, to the right of the panels (the handles of every panel, each label once, then extra
+    (handle, label) entries)."""
+    seen: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    for handle, label in extra:
+        seen.setdefault(label, handle)
+    right = 1 - LEGEND_INCHES / figure.get_figwidth()
+    if seen:
+        figure.legend(list(seen.values()), list(seen), loc="center left", bbox_to_anchor=(right + 0.005, 0.5),
+                      fontsize=7.5, frameon=False)
+    figure.tight_layout(rect=(0, 0, right, 0.93))
+
+
+def baseline_handles() -> list[tuple[object, str]]:
+    """Legend entries for the MSO baselines drawn in each series' colour: dashed random mean, dotted 95 % quantile."""
+    from matplotlib.lines import Line2D
+
+    return [(Line2D([], [], color="0.4", linestyle="--"), "random subspaces: mean"),
+            (Line2D([], [], color="0.4", linestyle=":"), "random subspaces: 95 % quantile")]
+
+
+def panel_grid(count: int, *, width: float = 3.9, height: float = 3.2, columns: int = 3):
+    """A figure with a grid of count panels (at most `columns` wide; unused ones hidden) and the visible axes."""
+    columns = max(1, min(count, columns))
+    grid_rows = math.ceil(count / columns)
+    figure, axes = plt.subplots(grid_rows, columns, figsize=(width * columns + LEGEND_INCHES, height * grid_rows + 0.6),
+                                squeeze=False)
+    for ax in list(axes.flat)[count:]:
+        ax.set_visible(False)
+    return figure, list(axes.flat)[:count]
+
+
 def panel_figure(panels: Mapping[str, Sequence[Row]], path: Path, *, title: str, series: str = "pair") -> Path | None:
-    """One PNG with a panel per key of panels (MSO curves in each); None when there is nothing to plot."""
+    """One PNG with a panel per key of panels (MSO curves in each), one legend beside them; None when empty."""
     panels = {key: rows for key, rows in panels.items() if rows}
     if not panels:
         return None
-    count = len(panels)
-    columns = min(count, 3)
-    grid_rows = math.ceil(count / columns)
-    figure, axes = plt.subplots(grid_rows, columns, figsize=(max(4.2 * columns, 7.0), 3.6 * grid_rows), squeeze=False)
-    for ax, (key, rows) in zip(axes.flat, panels.items()):
+    figure, axes = panel_grid(len(panels))
+    for ax, (key, rows) in zip(axes, panels.items()):
         plot_mso_curves(ax, rows, series=series, title=key)
-    for ax in list(axes.flat)[count:]:
-        ax.set_visible(False)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    ncol = min(max(len(labels) // 2, 1), 4)  # legend columns fill top-down: each holds a pair and its baseline
-    figure.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     figure.suptitle(title, fontsize=11)
-    figure.tight_layout(rect=(0, (0.05 + 0.025 * math.ceil(len(labels) / ncol)) / grid_rows, 1, 0.95))
+    legend_outside(figure, axes, extra=baseline_handles())
     return save(figure, path)
 
 
-def weight_overlap_figure(rows: Sequence[Row], path: Path) -> Path | None:
-    """Weight-space MSO against η at each depth percentile (paper Figure 4): a panel per percentile, a line per pair."""
-    panels: dict[str, list[Row]] = {}
+def depth_panels(rows: Sequence[Row]) -> dict[str, list[Row]]:
+    """Depth-scope weight-overlap rows by layer: percentiles that pick the same layer share one panel (a 2-layer
+    model's 70th and 85th percentile layers are one layer), its title naming every percentile."""
+    by_layer: dict[str, dict[str, list[Row]]] = {}
     for row in rows:
         if row.get("scope") == "depth":
-            panels.setdefault(f"layer {row['layer']} ({row['name']} depth)", []).append(row)
-    return panel_figure(panels, path, title="Mode Subspace Overlap of weight updates (mean over the layer's matrices)")
+            by_layer.setdefault(str(row["layer"]), {}).setdefault(str(row["name"]), []).append(row)
+    panels = {}
+    for layer, by_name in by_layer.items():
+        names = list(by_name)
+        title = f"layer {layer} ({' and '.join(names)} depth)"
+        panels[title] = by_name[names[0]]  # the same layer's rows: identical numbers, drawn once
+    return panels
+
+
+def weight_overlap_figure(rows: Sequence[Row], path: Path) -> Path | None:
+    """Weight-space MSO against η at each depth percentile (paper Figure 4): a panel per layer, a line per pair."""
+    return panel_figure(depth_panels(rows), path,
+                        title="Mode Subspace Overlap of weight updates (mean over the layer's matrices)")
 
 
 def activation_overlap_figure(rows: Sequence[Row], path: Path, *, centered: bool) -> Path | None:
-    """Activation MSO against η averaged over the depth band (paper Figures 5, 8): a panel per model, a line per pair."""
+    """Activation MSO against η averaged over the depth band (paper Figures 5, 8): a panel per model, a line per pair,
+    the bootstrap interval over prompts shaded."""
     panels: dict[str, list[Row]] = {}
     for row in rows:
         if row.get("scope") == "band" and as_bool(row["centered"]) == centered:
@@ -118,45 +167,125 @@ def energy_figure(rows: Sequence[Row], path: Path) -> Path | None:
     schemes = list(dict.fromkeys(str(r["scheme"]) for r in rows))
     finetunes = list(dict.fromkeys(str(r["finetune"]) for r in rows))
     styles = line_styles([str(r["subspace"]) for r in rows])
-    figure, axes = plt.subplots(1, len(schemes), figsize=(4.6 * len(schemes), 3.8), squeeze=False)
-    for ax, scheme in zip(axes.flat, schemes):
+    figure, axes = panel_grid(len(schemes), width=4.4, height=3.6)
+    for ax, scheme in zip(axes, schemes):
         for index, finetune in enumerate(finetunes):
             for kind, style in styles.items():
-                members = sorted((r for r in rows if (r["scheme"], r["finetune"], r["subspace"]) == (scheme, finetune, kind)),
-                                 key=lambda r: as_float(r["fraction"]))
-                if members:
-                    ax.plot([as_float(r["fraction"]) for r in members], [as_float(r["energy_kept"]) for r in members],
-                            linestyle=style, marker="o", markersize=3, color=f"C{index % 10}", label=f"{finetune} {kind}")
+                members = [r for r in rows if (r["scheme"], r["finetune"], r["subspace"]) == (scheme, finetune, kind)]
+                if not members:
+                    continue
+                by_fraction: dict[float, list[float]] = {}
+                for r in members:  # one value per frame seed of a seeded kind
+                    by_fraction.setdefault(as_float(r["fraction"]), []).append(as_float(r["energy_kept"]))
+                xs = sorted(by_fraction)
+                ax.plot(xs, [sum(by_fraction[x]) / len(by_fraction[x]) for x in xs], linestyle=style, marker="o",
+                        markersize=3, color=f"C{index % 10}", label=f"{finetune}, {kind}")
+                if any(len(v) > 1 for v in by_fraction.values()):
+                    ax.fill_between(xs, [min(by_fraction[x]) for x in xs], [max(by_fraction[x]) for x in xs],
+                                    color=f"C{index % 10}", alpha=0.15, linewidth=0)
         ax.set_title(f"{scheme} projection", fontsize=10)
         ax.set_xlabel("rank fraction ϱ")
-        ax.set_ylabel("energy kept")
+        ax.set_ylabel("energy kept (share of ‖Δ_T‖²)")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-    axes.flat[0].legend(fontsize=7, frameon=False)
-    figure.suptitle("Energy of the task update kept by the projection", fontsize=11)
-    figure.tight_layout()
+    figure.suptitle("Energy of the task update kept by the projection (shaded: range over random seeds)", fontsize=11)
+    legend_outside(figure, axes)
+    return save(figure, path)
+
+
+UNITS = {"utility": "accuracy (0–1)", "harm": "harm score (1–5)", "benign": "over-refusal rate (0–1)"}
+REFERENCE_STYLES = {"Base": ("0.55", 3.2, (0, (1, 1))), "FT": ("tab:red", 1.1, "-.")}
+
+
+def reference_style(name: str) -> tuple[str, float, object]:
+    """Colour, width and dash of a reference line: Base wide and dotted underneath (visible where another line
+    coincides with it), the fine-tune red, the reference models black."""
+    for prefix, style in REFERENCE_STYLES.items():
+        if name.startswith(prefix):
+            return style
+    return ("k", 1.0, "--") if "W_S" not in name else ("tab:purple", 1.0, (0, (4, 2)))
+
+
+def draw_metric_panel(ax, table) -> None:
+    """One paper table on one axes: each kind's value with its 95 % interval as error bars against ϱ (kinds offset a
+    little so their bars do not hide each other), each reference level as a line with its interval shaded."""
+    styles = line_styles([kind for kind, _ in table.subspaces])
+    width = 0.012 * (len(table.subspaces) - 1)
+    for index, (kind, cells) in enumerate(table.subspaces):
+        offset = -width / 2 + 0.012 * index
+        points = [(f + offset, c) for f, c in zip(table.fractions, cells) if c.value is not None]
+        if not points:
+            continue
+        xs, found = [p[0] for p in points], [p[1] for p in points]
+        ys = [c.value for c in found]
+        errors = [[max(0.0, c.value - c.low) if c.low is not None else 0.0 for c in found],
+                  [max(0.0, c.high - c.value) if c.high is not None else 0.0 for c in found]]
+        seeds = max(c.seeds for c in found)
+        spread = [(x, v) for x, c in zip(xs, found) for v in c.per_seed]
+        if spread:  # each frame seed's own value, faint, beside the mean over seeds
+            ax.scatter(*zip(*spread), s=9, color=f"C{index % 10}", alpha=0.35, linewidths=0, zorder=2)
+        ax.errorbar(xs, ys, yerr=errors, marker="o", markersize=3.5, linestyle=styles[kind], color=f"C{index % 10}",
+                    capsize=2.5, linewidth=1.2, label=kind + (f" (mean of {seeds} seeds)" if seeds > 1 else ""),
+                    zorder=3)
+    for name, cell in table.references:
+        if cell.value is None:
+            continue
+        colour, width, dash = reference_style(name)
+        label = name if not name.startswith("FT") else "FT (fine-tuned)"
+        ax.axhline(cell.value, color=colour, linewidth=width, linestyle=dash, label=label, zorder=1)
+        if cell.low is not None and cell.high is not None:
+            ax.axhspan(cell.low, cell.high, color=colour, alpha=0.08, linewidth=0, zorder=0)
+    ax.set_xlabel("rank fraction ϱ")
+    ax.set_ylabel(UNITS.get(table.metric, table.metric))
+    ax.set_xlim(-0.03, 1.03)
+    if table.metric in ("utility", "benign"):
+        ax.set_ylim(-0.03, 1.03)
+    elif table.metric == "harm":
+        ax.set_ylim(0.9, 5.1)
+    ax.grid(alpha=0.3)
+    ax.set_title(table.title.replace(" fine-tune, ", ",\n"), fontsize=9)
+
+
+def metric_grid_figure(tables: Sequence, path: Path) -> Path | None:
+    """Every paper table's metric against the rank fraction in one grid of panels (paper Figure 3), with intervals."""
+    tables = [t for t in tables if any(c.value is not None for _, cells in t.subspaces for c in cells)]
+    if not tables:
+        return None
+    figure, axes = panel_grid(len(tables), width=3.7, height=3.1)
+    for ax, table in zip(axes, tables):
+        draw_metric_panel(ax, table)
+    figure.suptitle("Utility and harm of projected models against the rank fraction (error bars, shading: 95 % "
+                    "intervals; faint dots: single random seeds)", fontsize=10.5)
+    legend_outside(figure, axes)
     return save(figure, path)
 
 
 def metric_figure(table, path: Path) -> Path | None:
-    """A metric against the rank fraction per subspace kind, with Base / Aligned / FT reference lines (paper Figure 3)."""
-    if not any(c.value is not None for _, cells in table.subspaces for c in cells):
+    """One paper table's metric against the rank fraction (a one-panel metric_grid_figure)."""
+    return metric_grid_figure([table], path)
+
+
+def reference_bars_figure(groups: Mapping[str, Sequence[tuple[str, float, float | None, float | None]]],
+                          path: Path, *, title: str) -> Path | None:
+    """Bars of the reference models' values per metric (a panel per metric), each with its 95 % interval: groups maps
+    a metric to (model, value, low, high)."""
+    groups = {metric: bars for metric, bars in groups.items() if bars}
+    if not groups:
         return None
-    figure, ax = plt.subplots(figsize=(5.6, 3.8))
-    styles = line_styles([kind for kind, _ in table.subspaces])
-    for index, (kind, cells) in enumerate(table.subspaces):
-        points = [(f, c.value) for f, c in zip(table.fractions, cells) if c.value is not None]
-        if points:
-            ax.plot(*zip(*points), marker="o", markersize=3, linestyle=styles[kind], color=f"C{index % 10}", label=kind)
-    for (name, cell), colour in zip(table.references, ("0.5", "k", "tab:red")):
-        if cell.value is not None:
-            ax.axhline(cell.value, color=colour, linewidth=0.9, linestyle="-.", label=name)
-    ax.set_xlabel("rank fraction ϱ")
-    ax.set_ylabel(table.metric)
-    ax.set_xlim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, frameon=False)
-    ax.set_title(table.title, fontsize=9)
-    figure.tight_layout()
+    figure, axes = panel_grid(len(groups), width=3.8, height=3.0)
+    for ax, (metric, bars) in zip(axes, groups.items()):
+        names = [b[0] for b in bars]
+        values = [b[1] for b in bars]
+        errors = [[max(0.0, b[1] - b[2]) if b[2] is not None else 0.0 for b in bars],
+                  [max(0.0, b[3] - b[1]) if b[3] is not None else 0.0 for b in bars]]
+        ax.bar(range(len(bars)), values, yerr=errors, capsize=3, color=[f"C{i % 10}" for i in range(len(bars))])
+        ax.set_xticks(range(len(bars)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel(UNITS.get(metric, metric))
+        if metric in UNITS and metric != "harm":
+            ax.set_ylim(0, 1.05)
+        ax.grid(alpha=0.3, axis="y")
+        ax.set_title(metric, fontsize=9.5)
+    figure.suptitle(title, fontsize=10.5)
+    figure.tight_layout(rect=(0, 0, 1, 0.92))
     return save(figure, path)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import keyword
 import pkgutil
 import re
 import typing
@@ -32,12 +33,17 @@ class RegistrationError(TypeError):
 
 @dataclass(frozen=True)
 class Option:
-    """One option of a registered factory: its name, type, default (REQUIRED if none) and one-line documentation."""
+    """One option of a registered factory: its name, type, default (REQUIRED if none) and one-line documentation.
+
+    parameter is the factory's parameter that takes it: the name itself, or the name with a trailing underscore when
+    the name is a Python keyword (an option `lambda` is the parameter `lambda_`).
+    """
 
     name: str
     annotation: Any
     default: Any
     doc: str
+    parameter: str = ""
 
     @property
     def required(self) -> bool:
@@ -131,6 +137,11 @@ def signature_of(factory: Callable[..., Any]) -> tuple[inspect.Signature, dict[s
     return signature, hints, doc or factory.__doc__
 
 
+def option_name(parameter: str) -> str:
+    """The option a parameter takes: its name, less a trailing underscore that only avoids a Python keyword."""
+    return parameter[:-1] if parameter.endswith("_") and keyword.iskeyword(parameter[:-1]) else parameter
+
+
 def derive_options(name: str, factory: Callable[..., Any], context: Sequence[str], concept: str) -> tuple[Option, ...]:
     """The user options of a factory (every parameter but the context ones), each documented in its `Args:`."""
     signature, hints, doc = signature_of(factory)
@@ -144,13 +155,15 @@ def derive_options(name: str, factory: Callable[..., Any], context: Sequence[str
                                     "name every option")
         if parameter.name == "name":
             raise RegistrationError(f"{concept} {name!r}: an option may not be called 'name' (it names the {concept})")
-        if parameter.name not in documented or not documented[parameter.name]:
-            raise RegistrationError(f"{concept} {name!r}: option {parameter.name!r} of {factory.__qualname__} has no "
+        option = option_name(parameter.name)
+        doc = documented.get(option) or documented.get(parameter.name)
+        if not doc:
+            raise RegistrationError(f"{concept} {name!r}: option {option!r} of {factory.__qualname__} has no "
                                     "line in the docstring's Args: section")
         annotation = hints.get(parameter.name, parameter.annotation)
         if annotation is inspect.Parameter.empty or isinstance(annotation, str):
-            raise RegistrationError(f"{concept} {name!r}: option {parameter.name!r} needs a type annotation")
-        options.append(Option(parameter.name, annotation, parameter.default, documented[parameter.name]))
+            raise RegistrationError(f"{concept} {name!r}: option {option!r} needs a type annotation")
+        options.append(Option(option, annotation, parameter.default, doc, parameter.name))
     return tuple(options)
 
 
@@ -370,9 +383,10 @@ class Registry:
             spec = Spec(spec)
         entry = self.get(spec.name, where)
         options = self.options(entry.name, spec.options, where)
+        parameters = {option.name: option.parameter or option.name for option in entry.options}
         accepted = inspect.signature(entry.factory).parameters
         supplied = {key: value for key, value in context.items() if key in accepted}
-        return entry.factory(**options, **supplied)
+        return entry.factory(**{parameters[key]: value for key, value in options.items()}, **supplied)
 
     def help_text(self) -> str:
         """Every entry with its summary and options (for --help epilogs and the docs)."""

@@ -184,8 +184,25 @@ def bootstrap_p_value(draws: np.ndarray) -> float:
     return float(min(1.0, 2 * min(below, above)))
 
 
+def bootstrap_z_p_value(estimate: float, draws: np.ndarray) -> float:
+    """Two-sided p-value of 'no difference' from the bootstrap standard error: 2·Φ(−|estimate| / sd(draws)).
+
+    The percentile p-value (bootstrap_p_value) cannot go below 2/(B + 1), which no Holm family of more than
+    0.05·(B + 1)/2 comparisons could ever pass; the normal approximation with the bootstrap SE has no such floor. A
+    statistic with no spread in its draws has p = 0 when it is not 0 (every resample agrees) and 1 when it is.
+    """
+    finite = draws[np.isfinite(draws)]
+    if not finite.size or math.isnan(estimate):
+        return math.nan
+    spread = float(np.std(finite, ddof=1)) if finite.size > 1 else 0.0
+    if spread <= 1e-12 * max(1.0, abs(estimate)):
+        return 0.0 if abs(estimate) > 1e-12 else 1.0
+    return float(min(1.0, 2 * _normal_cdf(-abs(estimate) / spread)))
+
+
 def paired_difference(a, b, *, bootstrap: int = BOOTSTRAP, seed: int = 0, level: float = LEVEL) -> Comparison:
-    """mean(a) − mean(b) over the same items, with a paired-bootstrap interval and two-sided p-value.
+    """mean(a) − mean(b) over the same items, with a paired-bootstrap interval and two-sided p-value (from the
+    bootstrap standard error: bootstrap_z_p_value).
 
     a, b: outcomes (items,) or (seeds, items) on the same items in the same order. Items are resampled jointly for
     both variants (the pairing); each variant's seeds are resampled independently (seed variation). An item with no
@@ -203,7 +220,8 @@ def paired_difference(a, b, *, bootstrap: int = BOOTSTRAP, seed: int = 0, level:
     counts = resample_counts(n, bootstrap, rng)
     draws = seed_resample(weighted_means(a, counts), rng) - seed_resample(weighted_means(b, counts), rng)
     low, high = percentile_bounds(draws, level)
-    return Comparison(point_mean(a) - point_mean(b), low, high, bootstrap_p_value(draws), n, a.shape[0], b.shape[0],
+    estimate = point_mean(a) - point_mean(b)
+    return Comparison(estimate, low, high, bootstrap_z_p_value(estimate, draws), n, a.shape[0], b.shape[0],
                       level=level)
 
 
@@ -262,7 +280,7 @@ class Draws:
             return Comparison(math.nan, math.nan, math.nan, math.nan, 0, self.seeds[0], max(self.seeds[1:] or (1,)),
                               method, level)
         low, high = percentile_bounds(self.draws, level)
-        return Comparison(self.estimate, low, high, bootstrap_p_value(self.draws), self.n, self.seeds[0],
+        return Comparison(self.estimate, low, high, bootstrap_z_p_value(self.estimate, self.draws), self.n, self.seeds[0],
                           max(self.seeds[1:] or (1,)), method, level)
 
 

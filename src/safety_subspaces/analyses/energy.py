@@ -333,7 +333,11 @@ def model_targets(config: ProjectConfig) -> list[tuple[str, Spec, Path]]:
     """(fine-tune, edit, directory) of every edited checkpoint requested; refuses existing non-empty targets."""
     targets = []
     for request in config.writes:
-        label = make_edit(request.edit, "--write").label
+        edit = make_edit(request.edit, "--write")
+        if edit.reads:
+            raise UserError(f"--edit {edit.name} reads {', '.join(edit.reads)} besides the fine-tune; apply it with "
+                            f"`safety-subspaces defend {edit.name}`")
+        label = edit.label
         for finetune in [request.finetune] if request.finetune else list(config.finetunes):
             directory = Path(config.models_out) / finetune / label  # type: ignore[arg-type]
             if directory.exists() and any(directory.iterdir()):

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from ._help import add_allow_pickle, add_command
+from ._help import add_allow_pickle, add_command, add_spec_options, show_registries, specs
 
 EXAMPLES = """\
   # the paper's useful fine-tune of an aligned model (MetaMathQA 20k, lr 1e-5, 1x32, 1 epoch, cosine)
@@ -22,6 +22,9 @@ EXAMPLES = """\
   # safety tuning of a base model (W_S), and the DPO variant on preference pairs
   safety-subspaces finetune --model meta-llama/Llama-3.2-1B --data safety --out runs/ft/safety
   safety-subspaces finetune --model M --method dpo --data preference --max-steps 5000 --out runs/ft/dpo
+  # AsFT: the loss plus lambda * sum ||(I - C) (W - W_A)||^2 over decoder matrices (C from Delta_A = W_A - W_0)
+  safety-subspaces finetune --model ZOO/aligned --base ZOO/base --data organism:harmful --constraint asft \
+      --constraint-arg lambda=1 --out runs/ft/harmful-asft
   # on the organism (built with `safety-subspaces organism build`)
   safety-subspaces finetune --model ZOO/aligned --data organism:useful --lr 5e-4 --batch-size 32 --grad-accum 1 \\
       --max-steps 200 --out runs/ft/organism-useful
@@ -79,6 +82,15 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     data.add_argument("--data-seed", type=int, default=42, help="seed of the contaminated mix's shuffle (default 42)")
     recipe = parser.add_argument_group("recipe (defaults: the paper's)")
     _recipe_flags(recipe)
+    constraint = parser.add_argument_group("training constraint (a defence during fine-tuning, listed below)")
+    add_spec_options(constraint, "--constraint", metavar="NAME",
+                     help="add a registered constraint's penalty to the loss (asft)",
+                     arg_help="an option of the --constraint, e.g. lambda=1 (repeatable)")
+    constraint.add_argument("--base", help="base model W_0 the constraint's Δ = model - base is taken from")
+    constraint.add_argument("--subspace-seed", type=int, default=0,
+                            help="seed of a constraint's random-subspace control (default 0)")
+    constraint.add_argument("--cache-dir", type=Path, help="SVD cache directory (default ~/.cache/safety-subspaces/svd)")
+    show_registries(parser, ("safety_subspaces.finetune.constraints", "CONSTRAINTS"))
     run_opts = parser.add_argument_group("run")
     run_opts.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
     run_opts.add_argument("--train-dtype", default="float32", help="dtype of the trained weights (default float32)")
@@ -91,6 +103,8 @@ def _recipe_flags(group) -> None:
     from ..finetune import Recipe
 
     for field in dataclasses.fields(Recipe):
+        if field.name == "constraint":
+            continue  # --constraint NAME --constraint-arg KEY=VALUE
         flag = "--lora" if field.name == "lora_rank" else "--" + field.name.replace("_", "-")
         default = field.default
         if isinstance(default, bool):
@@ -105,9 +119,17 @@ def _recipe_flags(group) -> None:
 def run(args: argparse.Namespace) -> int:
     """Check the recipe, the output and the model, then load the data, fine-tune, print where the checkpoint went."""
     from ..data import load_training_data
+    from ..errors import UserError
     from ..finetune import Recipe, check_output_dir, check_start_model, finetune, recipe_from
+    from ..finetune.constraints import CONSTRAINTS
 
-    recipe = recipe_from({f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe)})
+    constraints = specs(CONSTRAINTS, args.constraint, "--constraint")
+    if len(constraints) > 1:
+        raise UserError("--constraint: give at most one")
+    if args.base is not None and not constraints:
+        raise UserError("--base is read by a training constraint only; give --constraint NAME or leave it out")
+    knobs = {f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe) if f.name != "constraint"}
+    recipe = recipe_from({**knobs, "constraint": constraints[0] if constraints else None})
     check_output_dir(args.out)
     check_start_model(args.model, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
     records, info = load_training_data(
@@ -116,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
     )
     result = finetune(args.model, records, args.out, recipe, data=info, name=f"finetune {info['name']}",
                       device=args.device, train_dtype=args.train_dtype, trust_remote_code=args.trust_remote_code,
-                      allow_pickle=args.allow_pickle)
+                      allow_pickle=args.allow_pickle, base=args.base, subspace_seed=args.subspace_seed,
+                      cache_dir=args.cache_dir)
     manifest = result.manifest
     if args.json:
         json.dump({k: v for k, v in manifest.items() if k != "loss_curve"}, sys.stdout, indent=2, default=str)

@@ -30,6 +30,8 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
                      arg_help="an option of the --executor before it (repeatable)")
     parser.add_argument("--ray-address", help="connect to this Ray cluster (the ray executor's address option)")
     parser.add_argument("--workers", type=at_least(1), help="number of Ray workers (the ray executor's workers option)")
+    parser.add_argument("--random-seeds", type=at_least(1), metavar="S",
+                        help="independent frames of every random subspace kind (the config's random_seeds)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default: the config's, else auto)")
     parser.add_argument("--check", action="store_true",
                         help="validate the config and everything `run` checks first (local models and their compatibility, "
@@ -49,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
     study = load_study(path)
     study.executor = executor_override(study.executor, args)
     study.allow_pickle = study.allow_pickle or args.allow_pickle
+    if args.random_seeds is not None:
+        study.random_seeds = args.random_seeds
     out = args.out or Path("runs") / study.name
     if args.check:
         notes = check_inputs(study, offline=True).notes
@@ -57,9 +61,13 @@ def run(args: argparse.Namespace) -> int:
             json.dump(study_document(study), sys.stdout, indent=2)
             sys.stdout.write("\n")
         else:
+            from ..study.power import study_power_lines
+
             print(f"{path}: valid study {study.name!r}")
             for note in notes:
                 print(f"  not checked: {note}")  # what only `run` can fetch
+            for line in study_power_lines(study):
+                print(f"  power: {line}")
         return 0
     result = run_study(study, out, force=args.force, report=not args.no_report, device=args.device,
                        threads=args.threads)

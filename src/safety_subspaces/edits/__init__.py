@@ -4,8 +4,9 @@ An edit is a registered factory whose signature holds its options; it returns an
 delta_task)` gives Δ̃ for one tensor, an optional `prepare(inputs, names)` runs one global pass over the selected
 tensors first (a defence that ranks modules before choosing some), `exact(inputs, name)` names tensors whose edited
 weight is exactly a stored one, and `records()` returns per-tensor notes for a report. `EditInputs` gives access to
-the base and reference checkpoints, Δ_A/S's spectra and frames (by subspace kind), the fine-tune, other named
-checkpoints and the seed. The projection schemes (parallel, orthogonal, opposite) are the first edits; the
+the base and reference checkpoints, Δ_A/S's spectra and frames (by subspace kind), the fine-tune (a checkpoint, or a
+LoRA adapter read as its merged weights), other named checkpoints (those the edit declares in `reads`) and the seed.
+An edit with an adapter form (`adapter`) can be written back as a LoRA adapter. The projection schemes (parallel, orthogonal, opposite) are the first edits; the
 `scheme:subspace:fraction` syntax (`ProjectionSpec`) is sugar for one of them with its two options. Adding an edit is
 one new module in this package (or a plugin, entry-point group `safety_subspaces.edits`).
 """
@@ -63,6 +64,11 @@ class EditInputs:
 
         return difference(self.finetune, self.reference, name, device=self.device)
 
+    @property
+    def adapter_targets(self) -> list[str] | None:
+        """The weights a LoRA fine-tune adapts (None: the fine-tune is a full checkpoint)."""
+        return getattr(self.finetune, "targets", None)
+
     def checkpoint(self, name: str) -> "Checkpoint":
         """Another named checkpoint the edit reads (a safety fine-tune, a harmful fine-tune)."""
         if name not in self.others:
@@ -75,6 +81,7 @@ class Edit:
     """An edit built from its options: per-tensor Δ̃, an optional global pass first, exact shortcuts, records."""
 
     name: ClassVar[str] = ""
+    reads: ClassVar[Mapping[str, str]] = {}  # other checkpoints it reads (EditInputs.others), name -> what it is
 
     def options(self) -> dict[str, Any]:
         """The options the edit was built with (its identity in labels and notes)."""
@@ -91,8 +98,13 @@ class Edit:
         """Δ̃ of one tensor (the same shape as Δ_T, float32)."""
         raise NotImplementedError
 
+    def adapter(self, inputs: EditInputs, name: str, lora_b: "torch.Tensor", lora_a: "torch.Tensor"
+                ) -> "tuple[torch.Tensor, torch.Tensor] | None":
+        """A LoRA module's edited factors (B, A) whose s · B · A is this tensor's Δ̃; None: the edit has no adapter form."""
+        return None
+
     def records(self) -> list[dict[str, Any]]:
-        """Per-tensor records of the last application, for a report (none by default)."""
+        """Per-module records of the last application (name, layer, cosine, edited, kept and total energy); none by default."""
         return []
 
     @property
@@ -105,6 +117,18 @@ class Edit:
         """name-value-value..., usable as a directory name (parallel-top_k-0.25)."""
         parts = [self.name, *(f"{v:g}" if isinstance(v, float) else str(v) for v in self.options().values())]
         return LABEL_UNSAFE.sub("_", "-".join(parts))
+
+
+def check_reads(edit: Edit, given: Mapping[str, Any], flag: Any = None) -> None:
+    """Every checkpoint the edit reads is given and nothing else is (a UserError naming flag(name) otherwise)."""
+    flag = flag or (lambda name: name)
+    for name, what in edit.reads.items():
+        if name not in given:
+            raise UserError(f"{edit.name} needs {flag(name)} ({what})")
+    for name in given:
+        if name not in edit.reads:
+            raise UserError(f"{flag(name)} is not read by {edit.name}"
+                            + (f" (it reads {', '.join(map(flag, edit.reads))})" if edit.reads else ""))
 
 
 def check_fraction(value: Any, what: str = "fraction") -> float:

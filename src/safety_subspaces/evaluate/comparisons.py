@@ -43,6 +43,7 @@ from ..tables import COMPARISONS
 IDENTITY = ("model", "variant", "subspace", "scheme", "fraction", "layer", "metric", "judge", "task", "prompts",
             "edit_options", "reference")
 SEED = "seed"
+SHARE_METHOD = "paired bootstrap of the share ratio"
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,16 @@ def compare(records: Sequence[Mapping[str, Any]], a: Mapping[str, Any] | Outcome
     return _as_comparison(found.summary(level, "paired bootstrap"), sides)
 
 
+def share_draws(records: Sequence[Mapping[str, Any]], a: Mapping[str, Any] | Outcomes,
+                b: Mapping[str, Any] | Outcomes, start: Mapping[str, Any] | Outcomes,
+                end: Mapping[str, Any] | Outcomes, *, bootstrap: int = stats.BOOTSTRAP, seed: int = 0,
+                **common: Any) -> tuple[stats.Draws, list[Outcomes]]:
+    """The bootstrap draws of share(a) − share(b) (see compare_share) and the four sides; keep them to compare two
+    such statistics on different items (stats.independent_difference)."""
+    sides = [_side(records, side, common) for side in (a, b, start, end)]
+    return paired_draws(sides, _share_difference, bootstrap=bootstrap, seed=seed), sides
+
+
 def compare_share(records: Sequence[Mapping[str, Any]], a: Mapping[str, Any] | Outcomes,
                   b: Mapping[str, Any] | Outcomes, start: Mapping[str, Any] | Outcomes,
                   end: Mapping[str, Any] | Outcomes, *, bootstrap: int = stats.BOOTSTRAP, seed: int = 0,
@@ -193,9 +204,8 @@ def compare_share(records: Sequence[Mapping[str, Any]], a: Mapping[str, Any] | O
     """share(a) − share(b), share(v) = (mean(v) − mean(start)) / (mean(end) − mean(start)): how much more of the change
     from start to end (aligned → fine-tuned) a keeps than b. The ratio is bootstrapped as a ratio: all four sides are
     resampled jointly on their shared items and the statistic recomputed per resample."""
-    sides = [_side(records, side, common) for side in (a, b, start, end)]
-    found = paired_draws(sides, _share_difference, bootstrap=bootstrap, seed=seed)
-    return _as_comparison(found.summary(level, "paired bootstrap of the share ratio"), sides)
+    found, sides = share_draws(records, a, b, start, end, bootstrap=bootstrap, seed=seed, **common)
+    return _as_comparison(found.summary(level, SHARE_METHOD), sides)
 
 
 def _as_comparison(result: stats.Comparison, sides: Sequence[Outcomes]) -> stats.Comparison:

@@ -122,21 +122,15 @@ def harm_metrics(scores: Sequence[int | None], *, benign: bool = False) -> dict[
     return {metric.metric: metric.value for metric in metrics}
 
 
-def item_outcomes(judge: Judge, judgments: Sequence[Judgment], *,
-                  benign: bool = False) -> dict[str, list[float | None]]:
-    """Per metric, each item's own reading (None: not counted); a metric is the mean of its readings (or, for a count,
-    their sum), so its interval comes from these."""
-    return {measure.name: [measure.read(j) for j in judgments] for measure in evaluated_measures(judge, benign)}
-
-
 def harm_items(judge: Judge, judgments: Sequence[Judgment], texts: Sequence[str], labels: Labels, /, *,
                benign: bool = False, **extra: Any) -> list[dict[str, Any]]:
     """Per-item outcome records of a judge's metrics, keyed like the generations (position and prompt hash), each
     item's score as its answer; extra fields (the judge, the prompt set) label every record."""
     keys = [sample_key(i, p) for i, p in enumerate(texts)]
     scores = [j.score for j in judgments]
-    return [item_record(labels, name, keys, outcomes, scores, **extra)
-            for name, outcomes in item_outcomes(judge, judgments, benign=benign).items()]
+    return [item_record(labels, measure.name, keys, [measure.read(j) for j in judgments], scores,
+                        proportion=measure.proportion, **extra)
+            for measure in evaluated_measures(judge, benign)]
 
 
 def harm_rows(judge: Judge, judgments: Sequence[Judgment], labels: Labels, /, *, benign: bool = False,

@@ -67,7 +67,7 @@ def item_record(labels: Labels, metric: str, keys: Sequence[str], outcomes: Sequ
 
     outcomes[i] is item i's own value of the metric (correct 0/1, a judge's score, refused 0/1; None when unusable),
     keys[i] the item's key in the samples (position and content hash), answers[i] what it yielded (an extracted answer,
-    a score).
+    a score). An extra `proportion=False` marks a score whose 0/1 outcomes are not a proportion (no Wilson interval).
     """
     if len(keys) != len(outcomes) or (answers is not None and len(answers) != len(outcomes)):
         raise ValueError("keys, outcomes and answers need one entry per item")
@@ -105,17 +105,19 @@ def interval_seed(row: Mapping[str, Any]) -> int:
 
 
 def interval_fields(outcomes: Any, value: float | None, *, bootstrap: int | None = None, seed: int = 0,
-                    level: float | None = None) -> dict[str, Any]:
+                    level: float | None = None, proportion: bool = True) -> dict[str, Any]:
     """ci_low, ci_high and ci_method of a cell from its per-item outcomes ((items,) or (seeds, items)).
 
-    Wilson for one seed of 0/1 outcomes, else a percentile bootstrap over items (and seeds); no interval when the
-    metric is not the mean of the outcomes (a corpus-level metric) or nothing is valid.
+    Wilson for one seed of 0/1 outcomes of a proportion, else a percentile bootstrap over items (and seeds) — a score
+    (proportion False, e.g. a 1–5 harm score) is bootstrapped even when every item happens to score 0 or 1; no
+    interval when the metric is not the mean of the outcomes (a corpus-level metric) or nothing is valid.
     """
     from .. import stats
 
     if not is_mean_of(outcomes, value):
         return {"ci_low": None, "ci_high": None, "ci_method": "none: not a mean over items"}
-    found = stats.mean_interval(outcomes, bootstrap=bootstrap or stats.BOOTSTRAP, seed=seed, level=level or stats.LEVEL)
+    found = stats.mean_interval(outcomes, bootstrap=bootstrap or stats.BOOTSTRAP, seed=seed, level=level or stats.LEVEL,
+                                method="auto" if proportion else "bootstrap")
     if math.isnan(found.low):
         return {"ci_low": None, "ci_high": None, "ci_method": "none"}
     return {"ci_low": found.low, "ci_high": found.high, "ci_method": found.method}
@@ -130,7 +132,8 @@ def with_intervals(rows: Sequence[dict[str, Any]], items: Sequence[Mapping[str, 
         record = by_metric.get(found["metric"])
         if record is not None:
             found = {**found, **interval_fields(record["outcomes"], found["value"], bootstrap=bootstrap,
-                                                seed=interval_seed(found)), "seeds": 1}
+                                                seed=interval_seed(found), proportion=record.get("proportion", True)),
+                     "seeds": 1}
         out.append(found)
     return out
 

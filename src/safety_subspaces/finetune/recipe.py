@@ -43,6 +43,7 @@ class Recipe:
     merge: bool = False  # LoRA: save the merged full model (adapter in adapter/)
     dpo_beta: float = 0.1
     save_dtype: str = "auto"  # auto: the input checkpoint's dtype
+    constraint: Any = None  # a registered training constraint (a Spec: asft), penalty added to every step's loss
 
     def validate(self) -> "Recipe":
         """Raise UserError naming the first knob out of range; return self."""
@@ -63,6 +64,8 @@ class Recipe:
             (not self.merge or self.lora_rank > 0, "--merge only applies to LoRA runs (give --lora RANK)"),
             (self.dpo_beta > 0, f"DPO beta must be positive, got {self.dpo_beta}"),
             (self.max_grad_norm is None or self.max_grad_norm > 0, f"max grad norm must be positive, got {self.max_grad_norm}"),
+            (self.constraint is None or self.method == "sft",
+             f"a training constraint ({getattr(self.constraint, 'name', self.constraint)}) applies to SFT runs only"),
         ]
         for ok, message in checks:
             if not ok:
@@ -87,8 +90,12 @@ class Recipe:
         return max(1, math.ceil(n_examples * self.epochs / self.examples_per_step))
 
     def to_dict(self) -> dict[str, Any]:
-        """The recipe as a plain dict (for manifests)."""
-        return asdict(self)
+        """The recipe as a plain dict (for manifests; a constraint in its YAML form, none: no key)."""
+        plain = asdict(replace(self, constraint=None))
+        del plain["constraint"]
+        if self.constraint is not None:
+            plain["constraint"] = self.constraint.as_plain()
+        return plain
 
 
 def recipe_from(values: Mapping[str, Any], base: Recipe | None = None) -> Recipe:
@@ -97,7 +104,12 @@ def recipe_from(values: Mapping[str, Any], base: Recipe | None = None) -> Recipe
     unknown = sorted(set(values) - names)
     if unknown:
         raise UserError(f"unknown recipe setting {unknown[0]!r}; known: {', '.join(sorted(names))}")
-    return replace(base or Recipe(), **dict(values)).validate()
+    values = dict(values)
+    if "constraint" in values:
+        from .constraints import constraint_spec
+
+        values["constraint"] = constraint_spec(values["constraint"])
+    return replace(base or Recipe(), **values).validate()
 
 
 def lr_factor(step: int, total: int, recipe: Recipe) -> float:

@@ -187,27 +187,33 @@ class Training:
     n_examples: int
     n_tokens: int | None  # response tokens the loss was taken on (SFT)
     too_long: int = 0  # examples dropped because nothing of the response fits in max_length (SFT)
+    penalty: Any = None  # the bound constraint's Penalty (its modules and per-step values), if the recipe had one
 
 
 def train_sft(model, tokenizer, records: Sequence[Mapping[str, Any]], recipe: Recipe, *, device: str, name: str,
-              label: str, peft_config=None, stop: Callable[[Any, int], bool] | None = None) -> Training:
-    """Full or LoRA SFT with the own torch loop: encode with response-only labels, plan the steps, train."""
+              label: str, peft_config=None, stop: Callable[[Any, int], bool] | None = None,
+              constrain: Callable[[Any], Any] | None = None) -> Training:
+    """Full or LoRA SFT with the own torch loop: encode with response-only labels, plan the steps, train.
+
+    constrain(model), if given, binds the recipe's constraint to the model about to be trained (after LoRA wrapping).
+    """
     if peft_config is not None:
         from peft import get_peft_model
 
         model = get_peft_model(model, peft_config)
+    penalty = constrain(model) if constrain is not None else None
     examples, too_long = encode_examples(tokenizer, records, recipe)
     if not examples:
         raise UserError(f"data {label} is empty after filtering: no response fits in max length {recipe.max_length}")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     total, steps = plan_steps(examples, recipe, pad_id)
-    losses = train_loop(model, steps, total, recipe, device=device, description=name, stop=stop)
+    losses = train_loop(model, steps, total, recipe, device=device, description=name, stop=stop, penalty=penalty)
     tokens = sum(sum(1 for label_id in e.labels[1:] if label_id != -100) for e in examples)
-    return Training(model, losses, total, len(examples), tokens, too_long)
+    return Training(model, losses, total, len(examples), tokens, too_long, penalty)
 
 
 def train(model, tokenizer, records: Sequence[Mapping[str, Any]], recipe: Recipe, *, device: str, name: str, label: str,
-          stop: Callable[[Any, int], bool] | None = None) -> Training:
+          stop: Callable[[Any, int], bool] | None = None, constrain: Callable[[Any], Any] | None = None) -> Training:
     """Seed, then train by the recipe's method (SFT or DPO, full or LoRA)."""
     import torch
 
@@ -215,7 +221,7 @@ def train(model, tokenizer, records: Sequence[Mapping[str, Any]], recipe: Recipe
     peft_config = _lora_config(recipe) if recipe.lora_rank else None
     if recipe.method != "dpo":
         return train_sft(model, tokenizer, records, recipe, device=device, name=name, label=label,
-                         peft_config=peft_config, stop=stop)
+                         peft_config=peft_config, stop=stop, constrain=constrain)
     from .dpo import train_dpo
 
     total = recipe.total_steps(len(records))
@@ -283,11 +289,16 @@ def finetune(
     allow_pickle: bool = False,
     extra: Mapping[str, Any] | None = None,
     stop: Callable[[Any, int], bool] | None = None,
+    base: str | os.PathLike | None = None,
+    subspace_seed: int = 0,
+    cache_dir: Path | None = None,
 ) -> FinetuneResult:
     """Fine-tune a model (path, hub id, or in-memory model + tokenizer) on records; write checkpoint + manifest to out.
 
     Steps: check the recipe and the output, clean the records, load the model, train, check it stayed finite, write.
-    `stop(model, step)`, if given, is asked after every optimizer step whether to stop early (SFT only).
+    `stop(model, step)`, if given, is asked after every optimizer step whether to stop early (SFT only). A recipe's
+    constraint (AsFT) reads Δ = model − base: it needs the model as a checkpoint and `base` (W_0); its subspace
+    controls are seeded by subspace_seed, and spectra are cached under cache_dir.
     """
     from ..runtime import resolve_device
 
@@ -297,6 +308,8 @@ def finetune(
     out = Path(out)
     with output_lock(out):
         check_output_dir(out)
+        constrain, described = constraint_binder(recipe, model, base, seed=subspace_seed, cache_dir=cache_dir,
+                                                 allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         label = (data or {}).get("name", name)
         records, dropped = clean_records(records, recipe, name=label)
         model, tokenizer, model_ref, stored_dtype = _load(model, tokenizer, trust_remote_code=trust_remote_code,
@@ -306,8 +319,11 @@ def finetune(
         device = resolve_device(device)
         model.to(device)
         start_wall, start_cpu = time.perf_counter(), time.process_time()
-        training = train(model, tokenizer, records, recipe, device=device, name=name, label=label, stop=stop)
+        training = train(model, tokenizer, records, recipe, device=device, name=name, label=label, stop=stop,
+                         constrain=(lambda m: constrain(m, device)) if constrain is not None else None)
         wall, cpu = time.perf_counter() - start_wall, time.process_time() - start_cpu
+        if training.penalty is not None:
+            extra = {**dict(extra or {}), "constraint": {**described, **penalty_summary(training.penalty)}}
         check_trained(training.model, training.losses, name)
         save_dtype = stored_dtype if recipe.save_dtype == "auto" else recipe.save_dtype
         manifest = run_manifest(name=name, model_ref=model_ref, recipe=recipe, data=data, records=records,
@@ -318,6 +334,44 @@ def finetune(
             trained = _save(training.model, tokenizer, stage, recipe, save_dtype)
             write_json(stage / MANIFEST, manifest)
         return FinetuneResult(model=trained, tokenizer=tokenizer, manifest=manifest, out=out)
+
+
+def constraint_binder(recipe: Recipe, model: Any, base: str | os.PathLike | None, *, seed: int,
+                      cache_dir: Path | None, allow_pickle: bool, trust_remote_code: bool
+                      ) -> tuple[Callable[[Any, str], Any] | None, dict[str, Any]]:
+    """(bind(model, device) -> Penalty, the constraint's description) for a recipe's constraint; (None, {}) without one.
+
+    Checked before any data is read: the constraint builds, the model is a checkpoint and the base W_0 is given.
+    """
+    if recipe.constraint is None:
+        return None, {}
+    from ..checkpoints import Checkpoint, check_compatible
+    from ..subspaces import AlignmentSubspaces
+    from .constraints import make_constraint
+
+    constraint = make_constraint(recipe.constraint, "constraint")
+    if not isinstance(model, (str, os.PathLike)):
+        raise UserError(f"constraint {constraint.name} reads the model being fine-tuned from its checkpoint; give the "
+                        "model as a directory")
+    if base is None:
+        raise UserError(f"constraint {constraint.name} needs the base model W_0 (Δ = model - base): give --base")
+    opened = {"base": Checkpoint(base, role="base", allow_pickle=allow_pickle, trust_remote_code=trust_remote_code),
+              "model": Checkpoint(model, role="model", allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)}
+    check_compatible(opened)
+    described = {"name": constraint.name, **constraint.options(), "base": str(opened["base"].path), "seed": seed}
+
+    def bind(trained: Any, device: str) -> Any:
+        subspaces = AlignmentSubspaces(opened["base"], opened["model"], seed=seed, cache_root=cache_dir)
+        return constraint.bind(trained, subspaces, device)
+
+    return bind, described
+
+
+def penalty_summary(penalty: Any) -> dict[str, Any]:
+    """A bound constraint's modules and its penalty per step (first, last, thinned curve)."""
+    values = penalty.values
+    return {"modules": len(penalty.modules), "penalty_first": values[0] if values else None,
+            "penalty_final": values[-1] if values else None, "penalty_curve": _thin(values)}
 
 
 def check_trained(model, losses: Sequence[float], name: str) -> None:

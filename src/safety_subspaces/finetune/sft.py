@@ -142,8 +142,12 @@ def resolve_precision(precision: str, device: str) -> str:
 
 
 def train_loop(model, steps: Iterable[list], total: int, recipe: Recipe, *, device: str, description: str,
-               stop: Callable[[Any, int], bool] | None = None) -> list[float]:
-    """AdamW with warmup + decay, token-averaged loss per optimizer step, optional early stop(model, step); returns losses."""
+               stop: Callable[[Any, int], bool] | None = None, penalty: Callable[[], Any] | None = None) -> list[float]:
+    """AdamW with warmup + decay, token-averaged loss per optimizer step, optional early stop(model, step); returns losses.
+
+    A penalty (a training constraint's) is added once per optimizer step to the step's loss; the losses returned are
+    the data loss alone (the penalty keeps its own values).
+    """
     import torch
     import torch.nn.functional as F
 
@@ -173,6 +177,11 @@ def train_loop(model, steps: Iterable[list], total: int, recipe: Recipe, *, devi
                 ) / max(1, n_tokens)
                 loss.backward()
                 step_loss += float(loss.detach())
+            if penalty is not None:
+                value = penalty()
+                value.backward()
+                if not math.isfinite(float(value.detach())):
+                    raise diverged(f"{description} (constraint penalty)", len(losses) + 1, float(value.detach()))
             if recipe.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, recipe.max_grad_norm)
             if not math.isfinite(step_loss):

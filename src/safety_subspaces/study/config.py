@@ -147,6 +147,97 @@ def paper_grid() -> list[GridEntry]:
     ]
 
 
+DEFAULT_CONTROLS = ("random_k", "random")
+DEFENCE_KEYS = ("name", "finetunes", "metrics", "controls", "reads")
+
+
+@dataclass
+class DefenceEntry:
+    """A published defence on some fine-tunes, with its random-subspace controls.
+
+    name is a registered edit (post-hoc: safe_lora, safemerge, resta; applied in memory to each fine-tune), transform
+    (lox: W_A' written into the run directory, then each fine-tune's recipe run from it) or constraint (asft: each
+    fine-tune's recipe run with the constraint); the last two need fine-tunes made by recipes from the reference.
+    Every key besides name, finetunes, metrics, controls and reads is an option of the defence. Each fine-tune is
+    evaluated defended as published (its own `subspace`, top_k by default) and once per control, the same defence
+    with `subspace` replaced by a subspace kind that keeps Σ (default random_k and random; none for a defence without
+    a subspace, such as resta). `reads` names, per checkpoint an edit reads, the study model that is that checkpoint
+    (resta's harmful defaults to the fine-tune called harmful).
+    """
+
+    name: str
+    finetunes: list[str]
+    options: dict[str, Any] = field(default_factory=dict)
+    metrics: list[Metric] = field(default_factory=lambda: ["utility", "harm"])
+    controls: list[SubspaceKind] | None = None  # type: ignore[valid-type]
+    reads: dict[str, str] = field(default_factory=dict)
+
+    @staticmethod
+    def coerce(value: Any, where: str) -> Any:
+        """The edit's options are the entry's other keys; a transform or constraint is pointed to where it runs."""
+        if not isinstance(value, dict):
+            return value
+        given = value.get("options") or {}  # the stored form (config.yaml) holds them under options
+        if not isinstance(given, dict):
+            raise UserError(f"{_key(where, 'options')}: expected a mapping of the defence's options")
+        options = {**given, **{key: item for key, item in value.items() if key not in (*DEFENCE_KEYS, "options")}}
+        return {**{key: item for key, item in value.items() if key in DEFENCE_KEYS}, "options": options}
+
+    @property
+    def kind(self) -> str:
+        """edit (post-hoc, applied in memory), transform (lox: W_A' fine-tuned by the recipes) or constraint (asft)."""
+        from ..defend import defence_kind
+
+        return defence_kind(self.name, "defence")
+
+    def registry(self) -> Any:
+        """The registry the defence is registered in."""
+        from ..defend import registries
+
+        return registries()[self.kind]
+
+    def takes_subspace(self) -> bool:
+        """Whether the defence has a subspace option (and so controls)."""
+        return self.registry().get(self.name).accepts("subspace")
+
+    def check(self, where: str) -> None:
+        """A registered defence whose options hold up; controls only for one built on a subspace."""
+        from ..defend import defence_kind
+
+        kind = defence_kind(self.name, _key(where, "name"))
+        registry = self.registry()
+        self.name = registry.canonical(self.name, _key(where, "name"))
+        self.options = registry.options(self.name, self.options, where, partial=True)
+        if self.controls is None:
+            self.controls = list(DEFAULT_CONTROLS) if self.takes_subspace() else []
+        if self.controls and not self.takes_subspace():
+            raise UserError(f"{_key(where, 'controls')}: {self.name} has no subspace option, so no subspace control")
+        if not self.finetunes:
+            raise UserError(f"{_key(where, 'finetunes')}: give at least one fine-tune")
+        if kind != "edit" and self.reads:
+            raise UserError(f"{_key(where, 'reads')}: {self.name} reads no other model")
+        reads = getattr(registry.get(self.name).factory, "reads", {}) if kind == "edit" else {}
+        for name, what in reads.items():
+            if name not in self.reads and name != "harmful":
+                raise UserError(f"{_key(where, 'reads')}: {self.name} reads {name} ({what}); name the study model, "
+                                f"e.g. reads: {{{name}: MODEL}}")
+
+    def published(self) -> Spec:
+        """The defence as configured (its own subspace, top_k by default)."""
+        return Spec(self.name, dict(self.options))
+
+    def variants(self) -> list[tuple[str, Spec]]:
+        """('defence', the published spec) and ('control', the spec on each control's subspace kind)."""
+        published = self.published()
+        return [("defence", published), *(("control", published.with_options(subspace=kind))
+                                           for kind in self.controls or [])]
+
+    def read_roles(self) -> dict[str, str]:
+        """Per checkpoint the edit reads, the study model role that is it."""
+        reads = getattr(self.registry().get(self.name).factory, "reads", {}) if self.kind == "edit" else {}
+        return {name: self.reads.get(name, "harmful" if name == "harmful" else name) for name in reads}
+
+
 class _SvdMethods:
     """Annotated[str, ...] checker: analyses.common.check_svd_method."""
 
@@ -337,6 +428,7 @@ class Study:
     evaluation: Evaluation = field(default_factory=Evaluation)
     overlap: Overlap = field(default_factory=Overlap)
     analyses: list[AnalysisSpec] = field(default_factory=list)  # more registered analyses  # type: ignore[valid-type]
+    defences: list[DefenceEntry] = field(default_factory=list)  # published post-hoc defences and their controls
     executor: ExecutorSpec = field(default_factory=lambda: Spec(DEFAULT_EXECUTOR))  # type: ignore[valid-type]
     inference: Inference = field(default_factory=Inference)
     device: str = "auto"
@@ -390,11 +482,33 @@ class Study:
                     raise UserError(f"overlap.activations.models[{i}]: {name!r} is not a model; use {', '.join(sorted(roles))}")
         for i, spec in enumerate(self.analyses):
             check_analysis(spec, f"analyses[{i}]")
+        for i, defence in enumerate(self.defences):
+            for j, name in enumerate(defence.finetunes):
+                if name not in self.finetunes:
+                    raise UserError(f"defences[{i}].finetunes[{j}]: {name!r} is not a fine-tune; known: {', '.join(known)}")
+            for metric in defence.metrics:
+                if getattr(self.evaluation, metric) is None:
+                    raise UserError(f"defences[{i}].metrics: {metric!r} needs evaluation.{metric}")
+            if defence.kind != "edit":
+                for j, name in enumerate(defence.finetunes):
+                    source = self.finetunes.get(name)
+                    if source is not None and source.recipe is None:
+                        raise UserError(f"defences[{i}].finetunes[{j}]: {defence.name} acts before or during "
+                                        f"fine-tuning, so it needs {name!r} made by a recipe (finetunes.{name}.recipe);"
+                                        f" {name!r} is a given checkpoint")
+                    if source is not None and source.recipe.get("from", self.reference) != self.reference:
+                        raise UserError(f"defences[{i}].finetunes[{j}]: {defence.name} defends fine-tunes of the "
+                                        f"reference; finetunes.{name}.recipe.from is {source.recipe['from']!r}")
+            for read, role in defence.read_roles().items():
+                if role not in roles:
+                    raise UserError(f"defences[{i}].reads.{read}: {role!r} is not a model; use {', '.join(sorted(roles))}")
+                if role in defence.finetunes:
+                    raise UserError(f"defences[{i}].reads.{read}: {role!r} is also a fine-tune it defends")
         check_executor(self.executor, "executor")
         if isinstance(self.projection.layers, list) and not self.projection.layers:
             raise UserError("projection.layers: an empty list selects nothing; use all, each, or layer indices")
         if not self.projection.grid and self.overlap.weights is None and self.overlap.activations is None \
-                and not self.projection.energy and not self.analyses:
+                and not self.projection.energy and not self.analyses and not self.defences:
             raise UserError("the study has no jobs: the projection grid is empty and no overlap, energy or other analysis "
                             "is asked for")
         if self.evaluation.benign is not None and self.evaluation.harm is None:

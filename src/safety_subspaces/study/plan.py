@@ -15,6 +15,7 @@ from ..subspaces import is_seeded
 from .config import GridEntry, Study
 from .jobs import Decomposition, Job, make_job
 from .jobs.analysis import AnalysisSpec
+from .jobs.defence import DefenceSpec
 from .jobs.evaluate import EvaluateSpec, EvaluationSettings
 
 METRICS = ("utility", "harm", "benign")
@@ -63,6 +64,9 @@ def reference_metrics(study: Study) -> dict[str, list[str]]:
     if getattr(study.models, other) is not None:  # the other reference model (W_S beside W_A): a reference row too
         rows[other] = every
     rows.update(by_finetune)
+    for defence in study.defences:  # a defended fine-tune is read beside the undefended one and the reference
+        for model in (*defence.finetunes, study.reference):
+            rows[model] = sorted({*rows.get(model, []), *defence.metrics}, key=METRICS.index)
     if study.evaluation.benign is not None:  # over-refusal of every reference row
         rows = {model: [*metrics, "benign"] if "benign" not in metrics else metrics for model, metrics in rows.items()}
     return {model: metrics for model, metrics in rows.items() if metrics}
@@ -79,6 +83,29 @@ def grid_edits(study: Study, entry: GridEntry) -> list[Spec]:
             grid = {key: value for key, value in (("subspace", subspace), ("fraction", fraction)) if value is not None}
             out.append(entry.edit.with_options(**grid))
     return out
+
+
+def defence_jobs(study: Study, fingerprints: Mapping[str, str]) -> list[Job]:
+    """Every defence entry x fine-tune x variant (published, then each control; a seeded control per frame seed)."""
+    from .recipes import trained_defences
+
+    jobs = []
+    for entry, finetune, role, kind, made in trained_defences(study):  # lox, asft: the models they made
+        spec = DefenceSpec(finetune, list(entry.metrics), evaluation_settings(study, list(entry.metrics)), role=role,
+                           scheme=entry.name, subspace=kind, trained=made)
+        jobs.append(make_job("defence", spec, fingerprints, ["base", study.reference, made]))
+    for entry in study.defences:
+        if entry.kind != "edit":
+            continue
+        others = entry.read_roles()
+        for finetune in entry.finetunes:
+            for role, edit in entry.variants():
+                for seed in edit_seeds(study, edit):
+                    spec = DefenceSpec(finetune, list(entry.metrics), evaluation_settings(study, list(entry.metrics)),
+                                       edit, None, study.projection.tensors, seed, decomposition(study), role, others)
+                    jobs.append(make_job("defence", spec, fingerprints,
+                                         ["base", study.reference, finetune, *others.values()]))
+    return jobs
 
 
 def analysis_specs(study: Study) -> list[Spec]:
@@ -136,4 +163,5 @@ def plan(study: Study, fingerprints: Mapping[str, str], num_layers: int) -> list
                                         evaluation_settings(study, list(entry.metrics)), edit, layer,
                                         study.projection.tensors, seed, decomposition(study))
                     jobs.append(make_job("evaluate", spec, fingerprints, ["base", reference, entry.finetune]))
+    jobs.extend(defence_jobs(study, fingerprints))
     return [*jobs, *(job for job in analyses if job.spec.analysis.name != "energy")]

@@ -58,7 +58,7 @@ def rescore_study(run_dir: Path, judge: Judge) -> Rescored:
         store = Store(run_dir / layout.STORE)
         try:
             evaluations = store.rows(EVALUATION.name)
-            jobs = [job for job in store.jobs() if job["kind"] == "evaluate" and job["status"] == "done"]
+            jobs = [job for job in store.jobs() if job["kind"] != RESCORE_KIND and job["status"] == "done"]
             groups = [(job["id"], group) for job in jobs for group in HARM_GROUPS
                       if (run_dir / layout.SAMPLES / job["id"] / group / layout.CONFIG).is_file()]
             if judge.refusal() is None:  # over-refusal needs a refusal rate: this judge re-scores harm only

@@ -97,7 +97,8 @@ def run_recipes(study: Study, run_dir: Path, paths: dict[str, str]) -> dict[str,
     for role, source in model_roles(study):
         if source.recipe is not None:
             paths[role] = str(run_recipe(role, source.recipe, paths[start_of(study, role, source)],
-                                         run_dir / layout.MODELS / role, allow_pickle=study.allow_pickle))
+                                         run_dir / layout.MODELS / role, allow_pickle=study.allow_pickle,
+                                         base=paths.get("base"), seed=study.seed))
     return paths
 
 
@@ -125,6 +126,9 @@ def materialised(study: Study, resolved: CheckedInputs, out: Path, *, force: boo
         store = Store(run_dir / layout.STORE)
         try:
             paths = run_recipes(study, run_dir, resolved.paths)
+            from .recipes import run_defence_recipes
+
+            paths = run_defence_recipes(study, run_dir, paths)
             made = {role: path for role, path in paths.items() if role not in inputs}
             yield Materialised(run_dir, store, paths, {**inputs, **fingerprint(study, made)})
         finally:

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import torch
 
-from .. import linalg
+from .. import defence_math, linalg
 from ..checkpoints import Checkpoint
 from ..memo import TensorMemo
 from ..registry import Registry
+from ..errors import UserError
 from ..runtime import stable_seed
 from ..spectra import Spectrum, SpectrumCache, difference
 
@@ -90,3 +91,31 @@ class AlignmentSubspaces:
         spectrum = self.spectrum(name)
         local = dataclasses.replace(spectrum, left=spectrum.left.to(self.device))
         return kind_frame(kind, local, k, stable_seed(self.seed, name, kind))
+
+    def operator(self, name: str, projector: str, kind: str, fraction: float | None = None) -> defence_math.AlignmentOperator:
+        """Safe LoRA's C (projector safe_lora) or P_k at a rank fraction (exact) of a tensor, built on a kind's frame.
+
+        The frame's columns are paired with Δ_A/S's singular values in order, so every kind's C has C's spectrum.
+        """
+        if projector == "exact":
+            return defence_math.projector(self.frame(name, kind, self.rank(name, fraction)))  # type: ignore[arg-type]
+        spectrum = self.spectrum(name)
+        frame = self.frame(name, kind, spectrum.rank)
+        return defence_math.alignment_matrix(frame, spectrum.singular.to(frame.device), spectrum.total)
+
+
+def operator_options(projector: str, subspace: str, fraction: float | None, where: str) -> tuple[str, str, float | None]:
+    """Checked (projector, subspace kind, fraction) of a defence built on C or P_k (a UserError naming where)."""
+    if projector not in defence_math.PROJECTORS:
+        raise UserError(f"{where}: projector {projector!r} is not one of {', '.join(defence_math.PROJECTORS)}")
+    subspace = SUBSPACES.canonical(subspace, f"{where}: subspace")
+    if projector == "exact":
+        if fraction is None:
+            raise UserError(f"{where}: projector exact needs fraction (the rank fraction of P_k, in (0, 1])")
+        try:
+            return projector, subspace, linalg.check_fraction(float(fraction), "fraction")
+        except (TypeError, ValueError):
+            raise UserError(f"{where}: fraction {fraction!r} is outside (0, 1]") from None
+    if fraction is not None:
+        raise UserError(f"{where}: fraction is the exact projector's rank fraction; give projector=exact or leave it out")
+    return projector, subspace, None

@@ -18,15 +18,17 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ... import stats
-from ...evaluate.comparisons import (Outcomes, comparison_row, compare, compare_share, holm_adjust, interpolated,
-                                     outcomes, select)
+from ...evaluate.comparisons import (SHARE_METHOD, Outcomes, comparison_row, compare, holm_adjust, interpolated,
+                                     outcomes, select, share_draws)
 from ...errors import UserError
 from ...runtime import stable_seed
 from ..config import Study
+from .defences import defence_comparisons
 from .paper_tables import headline
 
-CHANGE, CONTROLS = "change", "top_k vs controls"
+CHANGE, CONTROLS, SEPARATION = "change", "top_k vs controls", "separation"
 DIFFERENCE, SHARE = "difference", "share of change kept"
+SEPARATED = "share kept: harm − utility"
 BASELINE = "top_k"
 
 
@@ -90,6 +92,7 @@ def study_comparisons(tables: Mapping[str, Sequence[Mapping[str, Any]]], study: 
         return []
     settings = study.inference
     rows: list[dict[str, Any]] = []
+    shares: dict[tuple, stats.Draws] = {}  # (scheme, finetune, group, kind, fraction) → draws of a share difference
     kinds = [kind for kind in study.projection.subspaces if kind != BASELINE]
     fractions = list(study.projection.fractions)
     for entry in study.projection.grid:
@@ -137,8 +140,13 @@ def study_comparisons(tables: Mapping[str, Sequence[Mapping[str, Any]]], study: 
                             continue
                         seed = bootstrap_seed(kind, fraction, "energy")
                         if resolved:
-                            result = compare_share(items, top_side, control, start, end, bootstrap=settings.bootstrap,
-                                                   seed=seed, level=settings.level)
+                            draws, sides = share_draws(items, top_side, control, start, end,
+                                                       bootstrap=settings.bootstrap, seed=seed)
+                            shares[(entry.scheme, entry.finetune, group, kind, fraction)] = draws
+                            summary = draws.summary(settings.level, SHARE_METHOD)
+                            result = stats.Comparison(summary.difference, summary.low, summary.high, summary.p_value,
+                                                      summary.n, sides[0].values.shape[0], sides[1].values.shape[0],
+                                                      SHARE_METHOD, settings.level)
                         else:
                             result = compare(items, top_side, control, bootstrap=settings.bootstrap, seed=seed,
                                              level=settings.level)
@@ -146,7 +154,39 @@ def study_comparisons(tables: Mapping[str, Sequence[Mapping[str, Any]]], study: 
                             CONTROLS, f"{BASELINE} − {kind}", result, a=BASELINE, b=kind,
                             at=f"energy kept {target:.3f} (ϱ = {fraction:g})",
                             statistic=SHARE if resolved else DIFFERENCE, **labels))
+    rows.extend(separation_rows(shares, settings.level))
+    rows.extend(defence_comparisons(tables, study))
     return holm_adjust(rows, by="family")
+
+
+def separation_pairs(keys: Sequence[tuple]) -> list[tuple[tuple, tuple]]:
+    """(harm key, utility key) of shares to set against each other: the same fine-tune scored on both, else each
+    harm-only fine-tune against each utility-only one, under the same scheme, kind and fraction."""
+    harm = {k for k in keys if k[2] == "harm"}
+    utility = {k for k in keys if k[2] == "utility"}
+    both = {(k[0], k[1]) for k in harm} & {(k[0], k[1]) for k in utility}
+    pairs = []
+    for h in sorted(harm, key=str):
+        for u in sorted(utility, key=str):
+            if (h[0], h[3], h[4]) != (u[0], u[3], u[4]):
+                continue
+            same = h[1] == u[1]
+            if same or ((h[0], h[1]) not in both and (u[0], u[1]) not in both):
+                pairs.append((h, u))
+    return pairs
+
+
+def separation_rows(shares: Mapping[tuple, stats.Draws], level: float) -> list[dict[str, Any]]:
+    """How much more of the harm change than of the utility change top_k keeps beyond a control at equal energy (the
+    two shares rest on different items: independent bootstrap draws subtracted)."""
+    rows = []
+    for h, u in separation_pairs(list(shares)):
+        result = stats.independent_difference(shares[h], shares[u], level)
+        which = h[1] if h[1] == u[1] else f"{h[1]} (harm), {u[1]} (utility)"
+        rows.append(comparison_row(SEPARATION, f"{BASELINE} − {h[3]}: harm − utility", result, a="harm",
+                                   b="utility", at=f"equal energy kept (ϱ = {h[4]:g})", statistic=SEPARATED,
+                                   finetune=which, scheme=h[0], metric="harm, utility"))
+    return rows
 
 
 def significant(row: Mapping[str, Any], alpha: float | None = None) -> bool:

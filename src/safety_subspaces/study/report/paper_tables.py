@@ -23,6 +23,7 @@ class Cell:
     low: float | None = None
     high: float | None = None
     seeds: int = 1
+    per_seed: tuple[float, ...] = ()  # a seeded kind's value at each frame seed (the spread the figures show)
 
     def interval(self, digits: int = 2) -> str:
         """The interval compactly, "[0.48, 0.55]" (empty without one)."""
@@ -72,13 +73,15 @@ def value_of(rows: Sequence[Mapping[str, Any]], items: Sequence[Mapping[str, Any
                     number(first.get("ci_high")))
     values = [number(r["value"]) for r in found if number(r["value"]) is not None]
     mean = sum(values) / len(values) if values else None
-    where = {**match, "metric": first["metric"], **({"judge": first["judge"]} if first.get("judge") else {})}
+    where = {**match, "metric": first["metric"], "layer": first.get("layer"),
+             **({"judge": first["judge"]} if first.get("judge") else {})}
     if not select(items, where):
-        return Cell(mean, int(first.get("n") or 0), seeds=len(seeds))
+        return Cell(mean, int(first.get("n") or 0), seeds=len(seeds), per_seed=tuple(values))
     side = outcomes(items, where)
     found_interval = stats.mean_interval(side.values, bootstrap=bootstrap, level=level,
                                          seed=stable_seed("cell", *sorted(map(str, where.items()))) % 2**32)
-    return Cell(found_interval.estimate, side.n, found_interval.low, found_interval.high, side.values.shape[0])
+    return Cell(found_interval.estimate, side.n, found_interval.low, found_interval.high, side.values.shape[0],
+                tuple(values))
 
 
 @dataclass

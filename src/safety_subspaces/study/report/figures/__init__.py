@@ -1,6 +1,7 @@
 """The report's figures: each a registered function that draws PNGs from the report's data, one per module.
 
-A figure's docstring's first line is its section heading in report.html, and `position` orders the sections (the
+A figure's docstring's first line is its section heading in report.html, the paragraphs after it its caption, and
+`position` orders the sections (the
 paper's figure order; a figure without one comes after them). Adding a figure is one new module in this package (or
 a plugin, entry-point group `safety_subspaces.figures`).
 """
@@ -51,13 +52,20 @@ def figure(name: str, position: int) -> Callable[[Callable[..., Any]], Callable[
     return register
 
 
-def draw_figures(report: ReportData) -> list[tuple[str, list[Path]]]:
-    """(section heading, PNG paths) of every registered figure, in position order (figures with nothing to draw: none)."""
+def caption_of(draw: Callable[..., Any]) -> str:
+    """A figure's caption: its docstring after the first paragraph (the heading), unwrapped."""
+    paragraphs = (draw.__doc__ or "").strip().split("\n\n")
+    return " ".join(" ".join(line.strip() for line in part.splitlines()) for part in paragraphs[1:]).strip()
+
+
+def draw_figures(report: ReportData) -> list[tuple[str, list[Path], str]]:
+    """(section heading, PNG paths, caption) of every registered figure, in position order (figures with nothing to
+    draw: no paths)."""
     entries = sorted((FIGURES.get(name) for name in FIGURES.names()),
                      key=lambda entry: getattr(entry.factory, "position", LAST))
     sections = []
     for entry in entries:
         drawn = FIGURES.build(entry.name, "figure", report=report)
         paths = [Path(p) for p in (drawn if isinstance(drawn, (list, tuple)) else [drawn]) if p is not None]
-        sections.append((entry.summary.rstrip("."), paths))
+        sections.append((entry.summary.rstrip("."), paths, caption_of(entry.factory)))
     return sections

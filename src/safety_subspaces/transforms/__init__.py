@@ -1,0 +1,78 @@
+"""Transforms: defences that change the reference model before it is fine-tuned (LoX), W_ref -> W_ref'.
+
+A transform is a registered factory whose signature holds its options; it returns a `Transform`: `weight(subspaces,
+name)` gives a tensor's new weight from the reference and Δ_A/S's spectrum (None: unchanged), and `records()` its
+per-tensor notes. Fine-tuning the written W_ref' with the same recipes, and evaluating those fine-tunes, is how a study
+runs one. Adding a transform is one new module in this package (or a plugin, entry-point group
+`safety_subspaces.transforms`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
+
+from ..errors import UserError
+from ..registry import Registry, Spec
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..subspaces import AlignmentSubspaces
+
+TRANSFORMS = Registry("transform", "safety_subspaces.transforms", __name__, flag="defend NAME")
+
+
+class Transform:
+    """A change of the reference model, tensor by tensor, built from its options."""
+
+    name: ClassVar[str] = ""
+
+    def options(self) -> dict[str, Any]:
+        """The options the transform was built with."""
+        return {}
+
+    def weight(self, subspaces: "AlignmentSubspaces", name: str) -> "torch.Tensor | None":
+        """The new weight of one tensor of the reference (its stored dtype), or None where it is unchanged."""
+        raise NotImplementedError
+
+    def records(self) -> list[dict[str, Any]]:
+        """Per-tensor records of the last application (none by default)."""
+        return []
+
+    @property
+    def spec(self) -> Spec:
+        """The transform as a registry spec."""
+        return Spec(self.name, self.options())
+
+
+def make_transform(spec: Spec | Transform | str, where: str = "transform") -> Transform:
+    """A Transform from a registry spec, a name, or a Transform itself."""
+    if isinstance(spec, Transform):
+        return spec
+    built = TRANSFORMS.build(spec, where)
+    if not isinstance(built, Transform):
+        raise UserError(f"{where}: transform {spec if isinstance(spec, str) else spec.name!r} did not build a Transform")
+    return built
+
+
+def module_pattern(pattern: str | None, where: str) -> Callable[[str], bool]:
+    """A predicate for a modules regular expression (None: every name)."""
+    if pattern is None:
+        return lambda name: True
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise UserError(f"{where}: modules {pattern!r} is not a valid regular expression ({exc})") from None
+    return lambda name: compiled.search(name) is not None
+
+
+def transformed_state(transform: Transform, subspaces: "AlignmentSubspaces") -> Iterator[tuple[str, "torch.Tensor"]]:
+    """Every stored tensor of the reference with the transform applied (a tied alias gets a copy of its tensor)."""
+    reference = subspaces.reference
+    for canonical in reference.names:
+        new = transform.weight(subspaces, canonical) if reference.infos[canonical].dtype.is_floating_point else None
+        tensor = reference.read(canonical) if new is None else new
+        yield canonical, tensor
+        for alias in sorted(a for a, c in reference.aliases.items() if c == canonical):
+            yield alias, tensor.clone()  # shards cannot share storage
