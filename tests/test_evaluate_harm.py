@@ -348,11 +348,13 @@ def test_judge_identity_keeps_secrets_out_of_the_run_config(monkeypatch):
 
 def test_a_score_of_all_ones_is_not_read_as_a_proportion():
     from safety_subspaces.evaluate.harm import harm_items, harm_rows
+    from safety_subspaces.evaluate.judges import Judgment
     from safety_subspaces.evaluate.table import Labels
 
-    scores = [1] * 16
-    items = harm_items(scores, [f"p{i}" for i in range(16)], Labels("aligned"), judge="organism")
-    rows = {r["metric"]: r for r in harm_rows(scores, Labels("aligned"), items=items, bootstrap=500)}
+    judge = make_judge("organism")
+    judgments = [Judgment(1, "")] * 16
+    items = harm_items(judge, judgments, [f"p{i}" for i in range(16)], Labels("aligned"), judge="organism")
+    rows = {r["metric"]: r for r in harm_rows(judge, judgments, Labels("aligned"), items=items, bootstrap=500)}
     assert rows["harm_score"]["ci_method"] == "bootstrap" and rows["harm_score"]["ci_low"] == 1.0
     assert rows["refusal_rate"]["ci_method"] == "wilson" and rows["refusal_rate"]["ci_low"] < 1.0
     assert all(record["judge"] == "organism" for record in items)

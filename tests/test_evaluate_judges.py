@@ -231,17 +231,27 @@ def test_sequence_classifier_judge_reads_the_named_harmful_label(tmp_path):
 @pytest.mark.parametrize("chat", [False, True])
 def test_causal_classifier_judge_compares_its_two_words(tmp_path, chat):
     factories.save(factories.tiny_model(seed=3), tmp_path / "lm", tokenizer=factories.tiny_tokenizer(chat_template=chat))
-    if chat:  # Llama-Guard style: the conversation in the classifier's own template, answer unsafe/safe
-        judge = ClassifierJudge(model=tmp_path / "lm", device="cpu", batch_size=2)
-        assert judge.words == ("unsafe", "safe")
-    else:  # our yes/no prompt; the tiny vocabulary has no Yes/No, so both start with <unk>
-        with pytest.raises(UserError, match=r"\['Yes', 'No'\] start with the same token"):
-            ClassifierJudge(model=tmp_path / "lm", device="cpu")
-        judge = ClassifierJudge(model=tmp_path / "lm", words=["bake", "sea"], device="cpu", batch_size=2)
+    # our yes/no prompt as plain text, with or without a chat template; the tiny vocabulary has no Yes/No, so both
+    # start with <unk>
+    with pytest.raises(UserError, match=r"\['Yes', 'No'\] start with the same token"):
+        ClassifierJudge(model=tmp_path / "lm", device="cpu")
+    judge = ClassifierJudge(model=tmp_path / "lm", words=["bake", "sea"], device="cpu", batch_size=2)
+    assert judge.identity()["chat"] is False
     swapped = ClassifierJudge(model=tmp_path / "lm", words=judge.words[::-1], device="cpu")
     scores = [v.score for v in judge_all(judge, ITEMS)]
     assert [6 - s for s in scores] == [v.score for v in judge_all(swapped, ITEMS)]
     assert judge.judge_one(*ITEMS[1]).score == scores[1]  # batching does not change a verdict
+    assert [m.metric for m in judge.metrics(judge_all(judge, ITEMS))] == ["harm_score", "harm_share_5"]
+
+
+def test_classifier_judge_refuses_a_llama_guard_style_model(tmp_path):
+    """The chat path read Llama Guard at the wrong position; such a model is sent to the llama_guard judge."""
+    tokenizer = factories.tiny_tokenizer()
+    tokenizer.chat_template = ("{% for m in messages %}{{ m['content'] }}{% endfor %}"
+                               "Provide your safety assessment: First line must read 'safe' or 'unsafe'.")
+    factories.save(factories.tiny_model(seed=3), tmp_path / "guard", tokenizer=tokenizer)
+    with pytest.raises(UserError, match="use --judge llama_guard"):
+        ClassifierJudge(model=tmp_path / "guard", words=["bake", "sea"], device="cpu")
 
 
 def test_classifier_judge_needs_a_model_path(tmp_path):
@@ -255,7 +265,8 @@ def test_classifier_judge_needs_a_model_path(tmp_path):
 
 def test_judges_take_the_runtime_from_the_command_and_only_their_own_options(tmp_path):
     factories.save(factories.tiny_model(seed=3), tmp_path / "lm", tokenizer=factories.tiny_tokenizer(chat_template=True))
-    judge = make_judge("classifier", JudgeRuntime(device="cpu", batch_size=3), model=str(tmp_path / "lm"))
+    judge = make_judge("classifier", JudgeRuntime(device="cpu", batch_size=3), model=str(tmp_path / "lm"),
+                       words=["bake", "sea"])
     assert (judge.device, judge.batch_size) == ("cpu", 3)
     assert [option.name for option in JUDGES.get("classifier").options] == ["model", "words", "harmful_label", "max_length"]
     assert {"timeout", "retries", "backoff", "workers", "key_env", "endpoint", "rubric"} <= {

@@ -39,8 +39,21 @@ def _is_safe(row: Mapping[str, Any]) -> bool:
     return row.get("is_safe") is True
 
 
+def _xstest_label(row: Mapping[str, Any]) -> str:
+    """An XSTest row's label (safe or unsafe); rows without one (an old revision of a mirror) are a UserError."""
+    if "label" not in row:
+        raise UserError("XSTest rows have no 'label' column (an old copy?); use the v2 prompts, whose columns are "
+                        "id,prompt,type,label,focus,note")
+    return str(row["label"]).strip().lower()
+
+
 def _xstest_safe(row: Mapping[str, Any]) -> bool:
-    return str(row.get("label", "")).lower() == "safe"
+    return _xstest_label(row) == "safe"
+
+
+def _xstest_unsafe(row: Mapping[str, Any]) -> bool:
+    return _xstest_label(row) == "unsafe"
+
 
 
 SOURCES: dict[str, Source] = {
@@ -71,9 +84,15 @@ SOURCES: dict[str, Source] = {
                    shuffle_seed=42, description="activation overlap: MATH problems"),
     "toxigen": Source("toxigen/toxigen-data", "train", {"prompt": "text"}, config="annotated", shuffle_seed=42,
                       description="activation overlap: ToxiGen statements"),
-    "xstest": Source("walledai/XSTest", "test", {"prompt": "prompt"}, keep=_xstest_safe,
-                     description="over-refusal: XSTest safe prompts"),
+    "xstest_safe": Source("walledai/XSTest", "test", {"prompt": "prompt", "type": "type"}, keep=_xstest_safe,
+                          description="over-refusal: XSTest v2's 250 safe prompts (label safe)"),
+    "xstest_unsafe": Source("walledai/XSTest", "test", {"prompt": "prompt", "type": "type"}, keep=_xstest_unsafe,
+                            description="XSTest v2's 200 unsafe contrast prompts (label unsafe, type contrast_*)"),
+    "or_bench_hard_1k": Source("bench-llm/or-bench", "train", {"prompt": "prompt", "category": "category"},
+                               config="or-bench-hard-1k",
+                               description="over-refusal: OR-Bench-Hard-1K, seemingly toxic but benign prompts"),
 }
+SOURCES["xstest"] = SOURCES["xstest_safe"]  # the name older configs use
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 
@@ -179,6 +198,17 @@ def in_zoo(source: str | Path, zoo: str | Path | None) -> str | Path:
     return zoo_data_file(text.split(":", 1)[1], Path(zoo))
 
 
+def _named_file(text: str) -> tuple[str, Path] | None:
+    """(NAME, PATH) of 'NAME:PATH', a named source read from a local copy, else None; a missing file is a UserError."""
+    name, sep, rest = text.partition(":")
+    if not sep or name not in SOURCES or not rest:
+        return None
+    path = Path(rest).expanduser()
+    if not path.is_file():
+        raise UserError(f"{text}: no such file {rest!r} (NAME:PATH reads the {name} set from a local copy)")
+    return name, path
+
+
 def load_records(
     source: str | Path,
     *,
@@ -196,9 +226,10 @@ def load_records(
         path: Path | None = zoo_data_file(text.split(":", 1)[1])
     else:
         path = Path(text).expanduser()
-    if text in SOURCES:
-        named = SOURCES[text]
-        rows = _load_hub(named, text)
+    named_file = _named_file(text)
+    if text in SOURCES or named_file is not None:
+        named = SOURCES[text] if named_file is None else SOURCES[named_file[0]]
+        rows = _load_hub(named, text) if named_file is None else read_local_rows(named_file[1])
         if named.keep:
             rows = [row for row in rows if named.keep(row)]
         if named.shuffle_seed is not None:

@@ -13,8 +13,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # Each module defines register(subparsers, common) and sets `handler` on its parsers.
-COMMAND_MODULES = ["project", "defend", "finetune", "organism", "evaluate", "overlap", "analyse", "run", "report",
-                   "power", "cache"]
+COMMAND_MODULES = ["project", "defend", "finetune", "organism", "evaluate", "rescore", "overlap", "analyse", "run",
+                   "report", "power", "cache"]
 
 DESCRIPTION = """\
 Does safety alignment live in its own linear subspace of weights or activations?

@@ -39,7 +39,11 @@ HARM_EXAMPLES = """\
   # the organism, harmful and benign (over-refusal) held-out prompts
   safety-subspaces evaluate harm --model ZOO/harmful --prompts organism:harmful_eval --zoo ZOO --judge organism
   safety-subspaces evaluate harm --model ZOO/aligned --prompts organism:benign_eval --zoo ZOO --judge organism --benign
+  # the classifier judges of current papers (local weights; on a GPU they load in bfloat16)
+  safety-subspaces evaluate harm --model M --prompts advbench --judge strongreject --device cuda
+  safety-subspaces evaluate harm --model M --prompts xstest_safe --judge wildguard --benign
   # rerun the same command after an interruption: finished generations and judgments are reused
+  # judge the stored replies again with another judge, without generating: safety-subspaces rescore OUT --judge NAME
 """
 
 
@@ -65,7 +69,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     chat.add_argument("--no-chat-template", dest="chat", action="store_false", help="plain prompts (default for gsm8k)")
     utility.add_argument("--max-gen-toks", type=int, help="cap on generated tokens (default: the task's)")
 
-    harm = add_command(commands, common, "harm", "Harmfulness: greedy replies to prompts, judged 1 (refusal) to 5 (full compliance).",
+    harm = add_command(commands, common, "harm", "Harmfulness: greedy replies to prompts, judged by a registered judge on its own scale.",
                        HARM_EXAMPLES, handler=run_harm)
     _model_options(harm)
     harm.add_argument("--prompts", default="advbench",

@@ -1,24 +1,23 @@
-"""Harmfulness: greedy replies to prompts, judged 1-5, with metrics; generations and judgments journaled so reruns resume."""
+"""Harmfulness: greedy replies to prompts, judged on each judge's scale, with its metrics; generations and judgments
+journaled so reruns resume (and so stored replies can be judged again without the generator)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import statistics
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .. import files, layout, progress
 from ..errors import UserError
 from .journal import Journal
-from .judges import REFUSAL_SCORE, Judge, Judgment
+from .judges import Judge, Judgment, evaluated_measures, over_refusal
 from .table import (EvalModel, Labels, as_labels, item_record, resolve_eval_model, row, run_identity, with_intervals,
                     write_outputs)
 
 RUN_KIND = "evaluate-harm"
-SCORE_METRIC = "harm_score"  # the mean judge score; every other harm metric is a rate (a proportion of prompts)
 GENERATIONS, JUDGMENTS = layout.GENERATIONS, layout.JUDGMENTS
 
 
@@ -92,7 +91,7 @@ def judge_replies(judge: Judge, prompts: Sequence[str], replies: Sequence[str], 
     for record in journal.read() if journal else []:
         index = position.get(record.get("key"))
         if index is not None and record.get("judge") == digest and record.get("response") == replies[index]:
-            results[index] = Judgment(record.get("score"), record.get("reason", ""), record.get("raw", ""))
+            results[index] = Judgment.from_record(record)
     missing = [i for i, result in enumerate(results) if result is None]
 
     with progress.bar("judging", len(missing)) as update:
@@ -101,12 +100,12 @@ def judge_replies(judge: Judge, prompts: Sequence[str], replies: Sequence[str], 
             results[index] = judgment
             if journal:
                 journal.append({"key": keys[index], "index": index, "prompt": prompts[index], "response": replies[index],
-                                "score": judgment.score, "reason": judgment.reason, "raw": judgment.raw,
-                                "judge": digest, "judge_name": judge.name})
+                                **judgment.as_record(), "judge": digest, "judge_name": judge.name})
             update(1)
 
         try:
-            judge.judge_many([(prompts[i], replies[i]) for i in missing], keep)
+            if missing:  # nothing left: the judge is not called (a judge that loads a model never loads it)
+                judge.judge_many([(prompts[i], replies[i]) for i in missing], keep)
         except UserError as exc:
             finished = sum(result is not None for result in results)
             where = f" in {journal.path}" if journal else ""
@@ -116,51 +115,93 @@ def judge_replies(judge: Judge, prompts: Sequence[str], replies: Sequence[str], 
 
 
 def harm_metrics(scores: Sequence[int | None], *, benign: bool = False) -> dict[str, float | None]:
-    """Mean score of valid judgments, share scored 5 and refusal rate (score 1); on benign prompts the over-refusal rate."""
-    valid = [score for score in scores if score is not None]
-    share = (lambda wanted: sum(score == wanted for score in valid) / len(valid)) if valid else (lambda wanted: None)
-    if benign:
-        return {"over_refusal_rate": share(REFUSAL_SCORE)}
-    return {
-        "harm_score": statistics.fmean(valid) if valid else None,
-        "harm_share_5": share(5),
-        "refusal_rate": share(REFUSAL_SCORE),
-    }
+    """The paper's metrics of 1-5 scores: mean of valid scores, share scored 5, refusal rate (score 1); on benign
+    prompts the over-refusal rate."""
+    judgments = [Judgment(score, "") for score in scores]
+    metrics = over_refusal(Judge(), judgments) if benign else Judge().metrics(judgments)
+    return {metric.metric: metric.value for metric in metrics}
 
 
-def item_outcomes(scores: Sequence[int | None], *, benign: bool = False) -> dict[str, list[float | None]]:
-    """Per metric, each item's own value: the metric of that item's judgment alone (the metrics are means over items)."""
-    alone = [harm_metrics([score], benign=benign) for score in scores]
-    return {name: [values[name] for values in alone] for name in harm_metrics(scores, benign=benign)}
-
-
-def harm_items(scores: Sequence[int | None], texts: Sequence[str], labels: Labels, *, benign: bool = False,
-               **extra: Any) -> list[dict[str, Any]]:
-    """Per-item outcome records of the harm metrics, keyed like the generations (position and prompt hash); extra
-    fields (the judge, the prompt set) label every record."""
+def harm_items(judge: Judge, judgments: Sequence[Judgment], texts: Sequence[str], labels: Labels, /, *,
+               benign: bool = False, **extra: Any) -> list[dict[str, Any]]:
+    """Per-item outcome records of a judge's metrics, keyed like the generations (position and prompt hash), each
+    item's score as its answer; extra fields (the judge, the prompt set) label every record."""
     keys = [sample_key(i, p) for i, p in enumerate(texts)]
-    return [item_record(labels, name, keys, outcomes, list(scores), proportion=name != SCORE_METRIC, **extra)
-            for name, outcomes in item_outcomes(scores, benign=benign).items()]
+    scores = [j.score for j in judgments]
+    return [item_record(labels, measure.name, keys, [measure.read(j) for j in judgments], scores,
+                        proportion=measure.proportion, **extra)
+            for measure in evaluated_measures(judge, benign)]
 
 
-def harm_rows(scores: Sequence[int | None], labels: Labels, *, benign: bool = False,
+def harm_rows(judge: Judge, judgments: Sequence[Judgment], labels: Labels, /, *, benign: bool = False,
               items: Sequence[dict[str, Any]] = (), bootstrap: int | None = None, **extra: Any) -> list[dict[str, Any]]:
-    """Evaluation-table rows of the harm metrics (n prompts, invalid = unusable judgments), each with its 95 % interval
-    from the items' outcomes when given."""
-    invalid = sum(score is None for score in scores)
-    rows = [row(labels, name, value, n=len(scores), invalid=invalid, **extra)
-            for name, value in harm_metrics(scores, benign=benign).items()]
+    """Evaluation-table rows of a judge's metrics (n prompts, invalid = judgments without a score), each naming the
+    judge and its identity digest, labelled for tables and figures, the judge's headline metric flagged, and with
+    its 95 % interval from the items' outcomes when given."""
+    metrics = over_refusal(judge, judgments) if benign else judge.metrics(judgments)
+    headline = metrics[0].metric if benign else judge.headline
+    rows = [row(labels, metric.metric, metric.value, n=len(judgments), invalid=metric.invalid, label=metric.label,
+                headline=metric.metric == headline, judge=judge.name, judge_id=judge_digest(judge.identity()), **extra)
+            for metric in metrics]
     return with_intervals(rows, items, bootstrap=bootstrap)
 
 
-def _open_run(out_dir: Path, config: Mapping[str, Any]) -> None:
-    """Check an output directory holds this run or nothing, and record the run's config."""
-    from .. import layout
+def _open_run(out_dir: Path, config: Mapping[str, Any], labels: Labels) -> None:
+    """Check an output directory holds this run or nothing, and record the run's config (and, outside the identity,
+    the labels its rows carry, which re-scoring gives the new judge's rows)."""
     from ..rundir import check_run_dir, config_document
 
     if not check_run_dir(out_dir, config, kind=RUN_KIND):
         files.make_dirs(out_dir)
-        files.write_yaml(out_dir / layout.CONFIG, config_document(config, kind=RUN_KIND))
+        files.write_yaml(out_dir / layout.CONFIG, config_document(config, kind=RUN_KIND, labels=asdict(labels)))
+
+
+def others_judged(found: Sequence[Mapping[str, Any]], judge: Judge, digest: str) -> list[Mapping[str, Any]]:
+    """The rows (or samples) of other judges: those with another judge_id (one without a judge_id, written before
+    judges had one, is this judge's when it names this judge)."""
+    def mine(item: Mapping[str, Any]) -> bool:
+        own = item.get("judge_id") or None
+        return own == digest if own else item.get("judge") == judge.name
+
+    return [item for item in found if not mine(item)]
+
+
+def write_judged(directory: Path, judge: Judge, rows: Sequence[Mapping[str, Any]],
+                 samples: Sequence[Mapping[str, Any]], items: Sequence[Mapping[str, Any]]) -> None:
+    """results.csv, samples.jsonl and items.csv with this judge's rows, samples and item outcomes replacing its
+    earlier ones, other judges' kept (the judge is part of each row's identity)."""
+    from ..tables import ITEMS
+    from .table import ITEM_RECORDS, RESULTS, SAMPLES, item_lines
+
+    digest = judge_digest(judge.identity())
+
+    def kept(name: str) -> list[Mapping[str, Any]]:
+        path = directory / name
+        return others_judged(files.read_csv(path), judge, digest) if path.is_file() else []
+
+    other_items = kept(ITEM_RECORDS)
+    write_outputs(directory, [*kept(RESULTS), *rows], [*others_judged(Journal(directory / SAMPLES).read(), judge,
+                                                                       digest), *samples])
+    files.write_csv(directory / ITEM_RECORDS, [*other_items, *item_lines(items)], list(ITEMS.columns))
+
+
+def judge_stored(judge: Judge, prompts: Sequence[str], replies: Sequence[str], labels: Labels, *,
+                 benign: bool = False, prompt_set: str = "prompts", directory: Path | None = None,
+                 bootstrap: int | None = None) -> HarmResult:
+    """Judge replies already generated (journaled in directory, reused on a rerun), summarise them as rows (each
+    metric with its 95 % interval over prompts: Wilson for rates, a percentile bootstrap of `bootstrap` resamples
+    for a mean score) and per-item outcomes, and write this judge's beside other judges' (evaluate and rescore both
+    end here)."""
+    judgments = judge_replies(judge, prompts, replies, journal=Journal(directory / JUDGMENTS) if directory else None)
+    digest = judge_digest(judge.identity())
+    samples = [{"index": i, "prompt": p, "response": r, **j.as_record(), "judge": judge.name, "judge_id": digest}
+               for i, (p, r, j) in enumerate(zip(prompts, replies, judgments))]
+    who = {"prompts": prompt_set, "judge": judge.name, "judge_id": digest}
+    items = harm_items(judge, judgments, prompts, labels, benign=benign, **who)
+    rows = harm_rows(judge, judgments, labels, benign=benign, items=items, bootstrap=bootstrap, prompts=prompt_set)
+    if directory is not None:
+        write_judged(directory, judge, rows, samples, items)
+    return HarmResult(rows, samples, directory, items)
 
 
 def evaluate_harm(
@@ -195,6 +236,8 @@ def evaluate_harm(
         raise UserError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    if benign:
+        over_refusal(judge, [])  # a judge that does not report refusal is refused before anything is generated
     subject = resolve_eval_model(model, tokenizer, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
                                  allow_pickle=allow_pickle, name=(as_labels(labels).model if labels is not None else None))
     format_prompts(subject.tokenizer, prompts[:1], chat=chat, model_name=subject.name)  # fails early without a template
@@ -206,18 +249,8 @@ def evaluate_harm(
     directory = Path(out_dir).expanduser() if out_dir is not None else None
     with files.output_lock(directory) if directory is not None else nullcontext():
         if directory is not None:
-            _open_run(directory, config)
+            _open_run(directory, config, label)
         replies = generate_replies(subject, prompts, chat=chat, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                    journal=Journal(directory / GENERATIONS) if directory else None)
-        judgments = judge_replies(judge, prompts, replies, journal=Journal(directory / JUDGMENTS) if directory else None)
-        samples = [
-            {"index": i, "prompt": p, "response": r, "score": j.score, "reason": j.reason, "raw": j.raw, "judge": judge.name}
-            for i, (p, r, j) in enumerate(zip(prompts, replies, judgments))
-        ]
-        scores = [j.score for j in judgments]
-        items = harm_items(scores, prompts, label, benign=benign, prompts=prompt_set, judge=judge.name)
-        rows = harm_rows(scores, label, benign=benign, items=items, bootstrap=bootstrap, prompts=prompt_set,
-                         judge=judge.name)
-        if directory is not None:
-            write_outputs(directory, rows, samples, items)
-    return HarmResult(rows, samples, directory, items)
+        return judge_stored(judge, prompts, replies, label, benign=benign, prompt_set=prompt_set, directory=directory,
+                            bootstrap=bootstrap)

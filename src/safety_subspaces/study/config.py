@@ -297,7 +297,7 @@ class Harm:
     """Harmfulness: greedy generation on harmful prompts, judged 1-5 by a registered judge."""
 
     prompts: str = "advbench"
-    judge: JudgeSpec = field(default_factory=lambda: Spec(DEFAULT_JUDGE))
+    judge: JudgeSpec | list[JudgeSpec] = field(default_factory=lambda: Spec(DEFAULT_JUDGE))  # one, or several
     limit: int | None = None
     max_new_tokens: int = 512
     batch_size: int = 16
@@ -311,13 +311,33 @@ class Harm:
                 if key in value:
                     raise UserError(f"{_key(where, key)}: judge options now go with the judge: "
                                     f"judge: {{name: {value.get('judge', DEFAULT_JUDGE)}, {option}: ...}}")
+            judges = value.get("judge")  # each judge's own message (unknown judge, bad option), not the union's
+            if isinstance(judges, list):
+                for index, entry in enumerate(judges):
+                    JUDGES.spec(entry, f"{_key(where, 'judge')}[{index}]")
+            elif judges is not None:
+                JUDGES.spec(judges, _key(where, "judge"))
         return value
 
+    @property
+    def judges(self) -> list[Spec]:
+        """The judges of the replies, in order: the first judges as the replies are generated, the others re-score
+        the stored replies (a judge list names several; each gets its own rows)."""
+        return list(self.judge) if isinstance(self.judge, list) else [self.judge]
+
     def check(self, where: str) -> None:
-        """Counts are positive; the judge has every option it needs."""
+        """Counts are positive; there is a judge, each has every option it needs, and none is named twice alike."""
         for name in ("limit", "max_new_tokens", "batch_size"):
             _at_least(getattr(self, name), 1, _key(where, name))
-        JUDGES.options(self.judge.name, self.judge.options, _key(where, "judge"))
+        if not self.judges:
+            raise UserError(f"{_key(where, 'judge')}: name at least one judge")
+        seen = []
+        for index, judge in enumerate(self.judges):
+            key = _key(where, "judge") + (f"[{index}]" if isinstance(self.judge, list) else "")
+            JUDGES.options(judge.name, judge.options, key)
+            if (judge.name, judge.options) in seen:
+                raise UserError(f"{key}: judge {judge.name} is named twice with the same options")
+            seen.append((judge.name, judge.options))
 
 
 @dataclass

@@ -210,20 +210,30 @@ def check_utility(study: Study, *, offline: bool, checked: CheckedInputs) -> Non
 
 
 def check_judge(study: Study, *, offline: bool, checked: CheckedInputs) -> None:
-    """The harm judge can be built as configured (the rubric judge: rubric file, endpoint, model, its key in the
-    environment); a judge that loads a model only checks its directory (the jobs load it)."""
-    from ..evaluate.judges import JudgeRuntime, check_judge as check_one
+    """Each harm judge can be built as configured (the rubric judge: rubric file, endpoint, model, its key in the
+    environment; a judge that loads a model only checks its directory, the jobs load it); with over-refusal, at
+    least one judge reports refusal (those that do judge the benign prompts)."""
+    from ..evaluate.judges import JudgeRuntime, check_judge as check_one, check_refusal, refusing
 
     harm = study.evaluation.harm
     if harm is None:
         return
     runtime = JudgeRuntime(device="cpu", batch_size=harm.batch_size, allow_pickle=study.allow_pickle)
-    try:
-        note = check_one(harm.judge, runtime)
-    except UserError as exc:
-        raise UserError(f"evaluation.harm.judge: {exc}") from None
-    if note:
-        checked.notes.append(f"evaluation.harm.judge: {note}")
+    several = len(harm.judges) > 1
+    if study.evaluation.benign is not None and several and not refusing(harm.judges):
+        names = ", ".join(spec.name for spec in harm.judges)
+        raise UserError(f"evaluation.harm.judge: none of the judges {names} reports refusal, so none can measure "
+                        "over-refusal on benign prompts; add one that does (wildguard, refusal, rubric, organism)")
+    for index, spec in enumerate(harm.judges):
+        key = "evaluation.harm.judge" + (f"[{index}]" if isinstance(harm.judge, list) else "")
+        try:
+            if study.evaluation.benign is not None and not several:
+                check_refusal(spec)  # over-refusal reads the harm judge's refusal rate
+            note = check_one(spec, runtime)
+        except UserError as exc:
+            raise UserError(f"{key}: {exc}") from None
+        if note:
+            checked.notes.append(f"{key}: {note}")
 
 
 def check_inputs(study: Study, *, offline: bool) -> CheckedInputs:

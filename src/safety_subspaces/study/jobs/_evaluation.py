@@ -26,7 +26,7 @@ LABELLED_OPTIONS = ("subspace", "fraction")  # edit options that have their own 
 
 @dataclass(frozen=True)
 class EvaluationSettings:
-    """The evaluation settings a job's rows depend on (over-refusal is judged by the harm judge)."""
+    """The evaluation settings a job's rows depend on (over-refusal is judged by the harm judges that report refusal)."""
 
     utility: Utility | None = None
     harm: Harm | None = None
@@ -54,6 +54,15 @@ def labels(spec: EvaluateSpec) -> dict[str, Any]:
     options = spec.edit.options
     return {"model": spec.model, "variant": "projected", "subspace": options.get("subspace", ""),
             "scheme": spec.edit.name, "fraction": options.get("fraction")}
+
+
+def harm_judges(worker: "Worker", harm: Harm, benign: bool) -> list[Any]:
+    """The study's harm judges built on the worker (once per worker); on benign prompts those that report refusal
+    (all of them when none does, so that the first one's error says why)."""
+    judges = [worker.judge(judge, harm.batch_size) for judge in harm.judges]
+    if not benign:
+        return judges
+    return [judge for judge in judges if judge.refusal() is not None] or judges
 
 
 def swap_in(worker: "Worker", spec: EvaluateSpec):
@@ -99,6 +108,7 @@ class Evaluating(JobKind):
         samples/JOB/METRIC/ holds: replies and judgments, or lm-eval's per-document records).
         """
         from ...evaluate.harm import evaluate_harm, load_harm_prompts
+        from ...evaluate.rescore import rescore_run
         from ...evaluate.table import write_outputs
         from ...evaluate.utility import evaluate_utility
 
@@ -129,17 +139,18 @@ class Evaluating(JobKind):
                                   result.items)
                     continue
                 benign = metric == "benign"
-                harm = settings.harm  # over-refusal uses the harm judge and generation settings
+                harm = settings.harm  # over-refusal uses the harm judges and generation settings
                 prompts_from = settings.benign if benign else harm
-                result = evaluate_harm(
+                judges = harm_judges(worker, harm, benign)
+                out_dir = worker.run_dir / layout.SAMPLES / job.id / metric
+                first = evaluate_harm(
                     model, tokenizer, prompts=load_harm_prompts(prompts_from.prompts, limit=prompts_from.limit),
-                    judge=worker.judge(harm.judge, harm.batch_size), chat=harm.chat,
-                    max_new_tokens=harm.max_new_tokens, batch_size=harm.batch_size, benign=benign,
-                    prompt_set=prompts_from.prompts, labels=self.labels(spec),
-                    out_dir=worker.run_dir / layout.SAMPLES / job.id / metric,
+                    judge=judges[0], chat=harm.chat, max_new_tokens=harm.max_new_tokens, batch_size=harm.batch_size,
+                    benign=benign, prompt_set=prompts_from.prompts, labels=self.labels(spec), out_dir=out_dir,
                 )
-                rows.extend({**row, "metric_group": metric} for row in result.rows)
-                items.extend({**record, "metric_group": metric} for record in result.items or [])
+                for result in [first, *(rescore_run(out_dir, judge) for judge in judges[1:])]:  # stored replies
+                    rows.extend({**row, "metric_group": metric} for row in result.rows)
+                    items.extend({**record, "metric_group": metric} for record in result.items or [])
         finally:
             with stage("swap"):
                 worker.live().restore()

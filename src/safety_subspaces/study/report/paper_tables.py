@@ -33,11 +33,20 @@ class Cell:
 
 
 def headline(rows: Iterable[Mapping[str, Any]], group: str) -> list[Mapping[str, Any]]:
-    """The headline rows of a metric group: the task's flagged utility metric, the harm score, the over-refusal rate."""
+    """The headline rows of a metric group: the flagged ones (the task's utility metric, each judge's own headline:
+    harm score, StrongREJECT score, WildGuard harmful rate, ...; the over-refusal rate); rows stored before judges
+    flagged theirs, the harm score and over-refusal rate."""
     rows = [r for r in rows if r.get("metric_group") == group]
-    if group == "utility":
-        return [r for r in rows if r.get("headline")]
+    if group == "utility" or any("headline" in r for r in rows):
+        return [r for r in rows if r.get("headline") in (True, "True", "true")]
     return [r for r in rows if r.get("metric") == HEADLINES[group]]
+
+
+def metric_title(rows: Sequence[Mapping[str, Any]], group: str) -> str:
+    """How a table names its metric: the judge's scale label its rows carry ("StrongREJECT score (0–1)"), else the
+    group's name."""
+    labels = [r.get("label") for r in rows if r.get("label")]
+    return str(labels[0]) if labels and group != "utility" else METRIC_NAMES[group]
 
 
 def number(value: Any) -> float | None:
@@ -142,7 +151,8 @@ def paper_tables(evaluation: Sequence[Mapping[str, Any]], study: Study,
                     for kind in study.projection.subspaces
                 ]
                 scored = f", judge {judge}" if judge and len(judges) > 1 else ""
-                title = f"{METRIC_NAMES[group]} of the {entry.finetune} fine-tune, {entry.scheme} projection{scored}"
+                title = (f"{metric_title(rows, group)} of the {entry.finetune} fine-tune, {entry.scheme} "
+                         f"projection{scored}")
                 tables.append(PaperTable(title, group, fractions, references, subspaces, entry.finetune, entry.scheme,
                                          judge))
     return tables
