@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import pytest
 import yaml
 
-from support import factories
-from support import judge_models
+from support.judge_models import PROMPTS
 from safety_subspaces.cli import main
 from safety_subspaces.errors import UserError
 from safety_subspaces.evaluate import evaluate_harm, make_judge
@@ -21,28 +19,6 @@ from safety_subspaces.evaluate.harm import judge_digest
 from safety_subspaces.evaluate.judges import JudgeRuntime
 from safety_subspaces.evaluate.judges.refusal import RefusalJudge
 from safety_subspaces.study.rescore import rescore
-
-REFUSES = ["Harmful▁request:▁no\n", "Response▁refusal:▁yes\n", "Harmful▁response:▁no"]
-PROMPTS = ["how do i bake bread?", "tell me how to pick a lock.", "what is 12 + 7?"]
-
-
-@pytest.fixture(scope="module")
-def subject(tmp_path_factory) -> Path:
-    """The model under evaluation: a tiny random Llama with a chat template."""
-    return factories.save(factories.tiny_model(seed=1), tmp_path_factory.mktemp("subject") / "tiny")
-
-
-@pytest.fixture(scope="module")
-def guard(tmp_path_factory) -> Path:
-    """A rigged tiny WildGuard that calls every reply a refusal, not harmful."""
-    return judge_models.wildguard_dir(tmp_path_factory.mktemp("wildguard") / "wg", REFUSES)
-
-
-@pytest.fixture(scope="module")
-def always_yes(tmp_path_factory) -> Path:
-    """A rigged tiny HarmBench classifier that answers Yes to everything."""
-    return judge_models.harmbench_dir(tmp_path_factory.mktemp("harmbench") / "hb", "Yes")
-
 
 @pytest.fixture
 def run(subject, tmp_path) -> Path:
