@@ -15,7 +15,8 @@ from safety_subspaces.cli import main
 from safety_subspaces.errors import UserError
 from safety_subspaces.evaluate import evaluate_harm, load_harm_prompts, make_judge
 from safety_subspaces.evaluate.harm import judge_digest
-from safety_subspaces.evaluate.judges import JudgeRuntime
+from safety_subspaces.evaluate.judges import JudgeRuntime, check_judge
+from safety_subspaces.registry import Spec
 
 def test_rows_carry_the_judges_scale_label_headline_and_identity(subject, always_yes, tmp_path):
     """HarmBench rows: attack_success_rate 1.0, its label, flagged headline, the judge's name and identity digest."""
@@ -30,6 +31,17 @@ def test_rows_carry_the_judges_scale_label_headline_and_identity(subject, always
     with open(tmp_path / "run" / "results.csv", newline="") as handle:
         written = list(csv.DictReader(handle))
     assert written[0]["label"] == "HarmBench attack success rate" and written[0]["judge_id"] == row["judge_id"]
+
+
+def test_a_judge_whose_items_need_contexts_is_refused_before_anything_is_generated(subject, always_yes, tmp_path):
+    """HarmBench's contextual template needs a context per item: evaluate_harm and the study check refuse it early."""
+    judge = make_judge("harmbench", JudgeRuntime(device="cpu"), model=str(always_yes), template="contextual")
+    with pytest.raises(UserError, match="context"):
+        evaluate_harm(str(subject), prompts=PROMPTS, judge=judge, max_new_tokens=4, out_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(UserError, match="template=standard"):
+        check_judge(Spec("harmbench", {"model": str(always_yes), "template": "contextual"}))
+    assert check_judge(Spec("harmbench", {"model": str(always_yes)})) is None
 
 
 def test_fields_are_journaled_and_a_rerun_does_not_judge_again(subject, guard, tmp_path, monkeypatch):

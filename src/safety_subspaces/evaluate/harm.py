@@ -238,6 +238,9 @@ def evaluate_harm(
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     if benign:
         over_refusal(judge, [])  # a judge that does not report refusal is refused before anything is generated
+    if getattr(judge, "needs_context", False):
+        raise UserError(f"judge {judge.name}: its items need a context, which a prompt set does not carry "
+                        "(see the judge's template option)")
     subject = resolve_eval_model(model, tokenizer, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
                                  allow_pickle=allow_pickle, name=(as_labels(labels).model if labels is not None else None))
     format_prompts(subject.tokenizer, prompts[:1], chat=chat, model_name=subject.name)  # fails early without a template

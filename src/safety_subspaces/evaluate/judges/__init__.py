@@ -135,6 +135,7 @@ class Judge:
     scale: ClassVar[Scale] = HARM_SCALE
     headline: ClassVar[str] = "harm_score"  # the metric a table shows when it shows one
     reports_refusal: ClassVar[bool] = True  # whether measures() has refusal_rate (over-refusal needs it)
+    needs_context: bool = False  # whether each item must carry a context (prompt sets carry none)
 
     def identity(self) -> dict[str, Any]:
         """What makes two judges give the same verdicts (never secrets, never the device)."""

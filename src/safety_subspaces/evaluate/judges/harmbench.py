@@ -10,6 +10,9 @@ from . import local
 
 VARIANTS = ("llama2", "mistral")
 TEMPLATES = ("standard", "contextual", "card")
+CONTEXT_NEEDED = ("harmbench template contextual needs a context with every item, which prompt sets do not carry; "
+                  "judge (behavior, generation, context) items through the Python API (judge_many), or use "
+                  "template=standard")
 DEFAULT_MODELS = {"llama2": "cais/HarmBench-Llama-2-13b-cls", "mistral": "cais/HarmBench-Mistral-7b-val-cls"}
 TEMPLATE_FILES = {
     ("llama2", "standard"): "harmbench_llama2_standard.txt",  # eval_utils.py: the official pipeline
@@ -59,6 +62,7 @@ class HarmBenchJudge(local.LocalJudge, Judge):
                    device=device, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, quiet=quiet)
         self.max_generation_tokens = local.positive("max_generation_tokens", max_generation_tokens)
         self.template = local.read_template(TEMPLATE_FILES[self.variant, self.template_name])
+        self.needs_context = self.template_name == "contextual"
 
     def identity(self) -> dict[str, Any]:
         """Judge, model, dtype, variant, template (name and hash) and clipping length."""
@@ -132,8 +136,12 @@ def harmbench(model: str | None = None, variant: Literal["llama2", "mistral"] = 
 
 
 def check(**options: Any) -> str | None:
-    """The options are valid and a local model exists (a hub id is noted, not fetched); nothing is loaded."""
-    return local.check_reference(harmbench(**options, device="cpu").model_ref, "judge model")
+    """The options are valid, a local model exists (a hub id is noted, not fetched) and the template needs no
+    per-item context (a study's prompt sets carry none); nothing is loaded."""
+    judge = harmbench(**options, device="cpu")
+    if judge.needs_context:
+        raise UserError(CONTEXT_NEEDED)
+    return local.check_reference(judge.model_ref, "judge model")
 
 
 harmbench.check = check  # type: ignore[attr-defined]
