@@ -65,3 +65,16 @@ def test_power_command_bad_input(args, culprit, capsys):
 def test_pilot_sd_from_a_run_directory_without_one(tmp_path, capsys):
     assert main(["power", "--metric", "harm", "--n", "100", "--pilot", str(tmp_path)]) == 2
     assert "not a study run directory" in capsys.readouterr().err
+
+
+def test_a_pilot_scored_by_several_judges_reads_the_studys_first_judge():
+    """Items scored by several judges: the first judge of the study unless a selector names one; one judge: none."""
+    from types import SimpleNamespace
+
+    from safety_subspaces.registry import Spec
+    from safety_subspaces.study.power import _default_judge
+
+    study = SimpleNamespace(evaluation=SimpleNamespace(harm=SimpleNamespace(judges=[Spec("organism"), Spec("refusal")])))
+    assert _default_judge(study, [{"judge": "refusal"}, {"judge": "organism"}]) == "organism"
+    assert _default_judge(study, [{"judge": "refusal"}, {"judge": "wildguard"}]) == "refusal"
+    assert _default_judge(study, [{"judge": "organism"}, {"judge": "organism"}]) == ""

@@ -31,7 +31,8 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--effect", type=float, help="a difference to report the power for, and the items it needs")
     parser.add_argument("--scale", help="LOW,HIGH range of one item's outcome (default: the metric's)")
     parser.add_argument("--pilot", type=Path, help="a study run directory: use the SD of per-item differences there")
-    parser.add_argument("--a", help="with --pilot: the first variant, KEY=VALUE,... (default: the first fine-tune)")
+    parser.add_argument("--a", help="with --pilot: the first variant, KEY=VALUE,... (default: the first fine-tune; "
+                        "judge=NAME picks a judge where several scored the run, default the study's first)")
     parser.add_argument("--b", help="with --pilot: the second variant (default: the reference model)")
     parser.add_argument("--alpha", type=float, default=0.05, help="two-sided test level (default 0.05)")
     parser.add_argument("--power", type=float, default=0.8, help="power to size for (default 0.8)")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from .. import stats
 from ..errors import UserError
@@ -103,12 +103,26 @@ def pilot_sd(run_dir: Path, metric: str, a: Mapping[str, Any], b: Mapping[str, A
     common = {"metric": headline, "layer": None}
     a = dict(a) or {"model": _first_finetune(study, metric), "variant": "reference"}
     b = dict(b) or {"model": study.reference, "variant": "reference"}
+    judge = "" if "judge" in a or "judge" in b else _default_judge(study, items)
+    if judge:
+        common["judge"] = judge
     sides = [outcomes(items, {**common, **a}), outcomes(items, {**common, **b})]
     keys = shared_keys(sides)
     sd = stats.paired_sd(sides[0].on(keys)[:1], sides[1].on(keys)[:1])
     if math.isnan(sd):
         raise UserError(f"--pilot: {describe(a)} and {describe(b)} share fewer than two valid items")
-    return sd, len(keys), f"pilot {run_dir}: {describe(a)} − {describe(b)} on {len(keys)} items"
+    by = f", judge {judge}" if judge else ""
+    return sd, len(keys), f"pilot {run_dir}: {describe(a)} − {describe(b)} on {len(keys)} items{by}"
+
+
+def _default_judge(study, items: Sequence[Mapping[str, Any]]) -> str:
+    """The study's first harm judge when the items were scored by several judges (else none: nothing to choose)."""
+    judged = list(dict.fromkeys(str(r["judge"]) for r in items if r.get("judge")))
+    if len(judged) < 2:
+        return ""
+    harm = study.evaluation.harm
+    first = harm.judges[0].name if harm is not None and harm.judges else ""
+    return first if first in judged else judged[0]
 
 
 def _headline_metric(evaluation, group: str) -> str:
