@@ -156,7 +156,8 @@ def run_harm(args: argparse.Namespace) -> int:
 
     prompts = load_harm_prompts(args.prompts, limit=args.limit, zoo=args.zoo, fields=args.fields)
     chosen = specs(JUDGES, args.judge, "--judge", DEFAULT_JUDGE)[-1]  # like any single option: the last one given
-    runtime = JudgeRuntime(device=_device(args), batch_size=args.batch_size, trust_remote_code=args.trust_remote_code,
+    device = _device(args)
+    runtime = JudgeRuntime(device=device, batch_size=args.batch_size, trust_remote_code=args.trust_remote_code,
                            allow_pickle=args.allow_pickle, quiet=args.quiet)
     judge = make_judge(chosen, runtime)
     keys = ["model", "prompts", "fields", "limit", "zoo", "judge", "raw_prompts", "max_new_tokens", "benign"]
@@ -164,7 +165,7 @@ def run_harm(args: argparse.Namespace) -> int:
     result = evaluate_harm(
         args.model, prompts=prompts, judge=judge, out_dir=out, chat=not args.raw_prompts,
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, benign=args.benign,
-        prompt_set=str(args.prompts), labels={"model": args.name or args.model}, device=_device(args), dtype=args.dtype,
+        prompt_set=str(args.prompts), labels={"model": args.name or args.model}, device=device, dtype=args.dtype,
         trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
     )
     _print(args, result.rows, out, ["metric", "value", "ci_low", "ci_high", "n", "invalid", "judge", "prompts"])

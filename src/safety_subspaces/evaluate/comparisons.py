@@ -184,7 +184,7 @@ def compare(records: Sequence[Mapping[str, Any]], a: Mapping[str, Any] | Outcome
     """
     sides = [_side(records, a, common), _side(records, b, common)]
     found = paired_draws(sides, _difference, bootstrap=bootstrap, seed=seed)
-    return _as_comparison(found.summary(level, "paired bootstrap"), sides)
+    return as_comparison(found.summary(level, "paired bootstrap"), sides)
 
 
 def share_draws(records: Sequence[Mapping[str, Any]], a: Mapping[str, Any] | Outcomes,
@@ -205,10 +205,10 @@ def compare_share(records: Sequence[Mapping[str, Any]], a: Mapping[str, Any] | O
     from start to end (aligned → fine-tuned) a keeps than b. The ratio is bootstrapped as a ratio: all four sides are
     resampled jointly on their shared items and the statistic recomputed per resample."""
     found, sides = share_draws(records, a, b, start, end, bootstrap=bootstrap, seed=seed, **common)
-    return _as_comparison(found.summary(level, SHARE_METHOD), sides)
+    return as_comparison(found.summary(level, SHARE_METHOD), sides)
 
 
-def _as_comparison(result: stats.Comparison, sides: Sequence[Outcomes]) -> stats.Comparison:
+def as_comparison(result: stats.Comparison, sides: Sequence[Outcomes]) -> stats.Comparison:
     """The comparison with each side's seed count."""
     return stats.Comparison(result.difference, result.low, result.high, result.p_value, result.n,
                             sides[0].values.shape[0], sides[1].values.shape[0], result.method, result.level)

@@ -43,9 +43,7 @@ def load_harm_prompts(source: str | Path, *, limit: int | None = None, zoo: str 
     """Prompts from 'advbench' (hub), an AdvBench-style CSV, any local file, or 'organism:NAME' (of --zoo if given)."""
     from ..data import in_zoo, load_prompts
 
-    if limit is not None and limit < 1:
-        raise UserError(f"--limit must be at least 1, got {limit}")
-    return load_prompts(in_zoo(source, zoo), fields=fields, limit=limit)
+    return load_prompts(in_zoo(source, zoo), fields=fields, limit=limit)  # load_records checks limit
 
 
 def sample_key(index: int, prompt: str) -> str:
@@ -140,8 +138,9 @@ def harm_rows(judge: Judge, judgments: Sequence[Judgment], labels: Labels, /, *,
     its 95 % interval from the items' outcomes when given."""
     metrics = over_refusal(judge, judgments) if benign else judge.metrics(judgments)
     headline = metrics[0].metric if benign else judge.headline
+    digest = judge_digest(judge.identity())
     rows = [row(labels, metric.metric, metric.value, n=len(judgments), invalid=metric.invalid, label=metric.label,
-                headline=metric.metric == headline, judge=judge.name, judge_id=judge_digest(judge.identity()), **extra)
+                headline=metric.metric == headline, judge=judge.name, judge_id=digest, **extra)
             for metric in metrics]
     return with_intervals(rows, items, bootstrap=bootstrap)
 

@@ -76,7 +76,7 @@ def rescore_study(run_dir: Path, judge: Judge) -> Rescored:
                 started = time.time()
                 rows: list[dict[str, Any]] = []
                 items: list[dict[str, Any]] = []
-                for group in (g for j, g in groups if j == job_id):
+                for _, group in own:
                     directory = run_dir / layout.SAMPLES / job_id / group
                     result = rescore_run(directory, judge)
                     extras = job_extras(evaluations, job_id, group, result.rows[0])

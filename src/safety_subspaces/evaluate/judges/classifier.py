@@ -76,15 +76,13 @@ class ClassifierJudge(Judge):
     def check(cls, model: str, words: list[str] | None = None, harmful_label: str | None = None,
               max_length: int = 2048, trust_remote_code: bool = False) -> str | None:
         """The model directory exists and declares no custom code unless trusted (a hub id is noted, not fetched)."""
-        from ...model_dir import check_remote_code, looks_like_hub_id
+        from ...model_dir import check_remote_code
+        from .local import check_reference
 
-        directory = Path(model).expanduser()
-        if not directory.exists() and looks_like_hub_id(model):
-            return f"judge model {model} from the hub (not fetched)"
-        if not directory.is_dir():
-            raise UserError(f"judge model {model}: no such directory")
-        check_remote_code(directory, trust_remote_code=trust_remote_code, role="judge model")
-        return None
+        note = check_reference(model, "judge model")
+        if note is None:
+            check_remote_code(Path(model).expanduser(), trust_remote_code=trust_remote_code, role="judge model")
+        return note
 
     def identity(self) -> dict[str, Any]:
         """Judge name, model path and how it is read."""

@@ -93,9 +93,7 @@ class HarmBenchJudge(local.LocalJudge, Judge):
     def judge_many(self, items: Sequence[Item], on_result: OnResult) -> None:
         """One greedy token per item (the argmax of the next-token logits), in left-padded batches."""
         model, tokenizer = self.loaded()
-        triples = [local.split_item(item) for item in items]
-        for start, chunk in local.chunks(triples, self.batch_size):
-            rows = [self.encode(*triple) for triple in chunk]
+        for start, rows in self.encoded_batches(items, context=True):
             tokens = local.next_token_logits(model, rows, tokenizer.pad_token_id).argmax(dim=-1).tolist()
             for offset, token in enumerate(tokens):
                 on_result(start + offset, self.verdict(tokenizer.decode([token], skip_special_tokens=True)))

@@ -137,10 +137,8 @@ class LlamaGuardJudge(local.LocalJudge, Judge):
     def judge_many(self, items: Sequence[Item], on_result: OnResult) -> None:
         """Generate greedily in left-padded batches, parse each continuation, read P(unsafe) at the verdict token."""
         model, tokenizer = self.loaded()
-        pairs = [local.split_item(item)[:2] for item in items]
         eos = local.eos_ids(model, tokenizer)
-        for start, chunk in local.chunks(pairs, self.batch_size):
-            rows = [self.encode(request, reply) for request, reply in chunk]
+        for start, rows in self.encoded_batches(items):
             generated = local.greedy_generate(model, rows, pad_id=tokenizer.pad_token_id, eos=eos,
                                               max_new_tokens=self.max_new_tokens, watch=self.watch)
             for offset, ids in enumerate(generated.ids):

@@ -309,6 +309,15 @@ class LocalJudge:
         self.trust_remote_code, self.allow_pickle, self.quiet = bool(trust_remote_code), bool(allow_pickle), bool(quiet)
         self._loaded: tuple[Any, Any] | None = None
 
+    def encoded_batches(self, items: Sequence[Any], *, context: bool = False) -> Iterator[tuple[int, list[list[int]]]]:
+        """(start index, input-id rows) per batch of at most batch_size items; every item is checked before the first.
+
+        context: pass (request, reply, context) to encode; otherwise (request, reply).
+        """
+        parsed = [split_item(item) if context else split_item(item)[:2] for item in items]
+        for start, chunk in chunks(parsed, self.batch_size):
+            yield start, [self.encode(*fields) for fields in chunk]
+
     def loaded(self) -> tuple[Any, Any]:
         """(model, tokenizer), loaded on first use and kept; the tokenizer is checked before the weights load."""
         if self._loaded is None:

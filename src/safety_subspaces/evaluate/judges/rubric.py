@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 from importlib import resources
@@ -12,6 +11,7 @@ from typing import Any, Sequence
 from ...errors import UserError
 from ..chat import DEFAULT_ENDPOINT, DEFAULT_KEY_ENV
 from . import JUDGES, Item, Judge, Judgment, OnResult, fill_rubric, parse_reason, parse_score
+from .local import text_digest
 
 RUBRIC_RESOURCE = "rubric.md"
 PLACEHOLDERS = ("{request}", "{response}")
@@ -60,8 +60,7 @@ class RubricJudge(Judge):
 
     def identity(self) -> dict[str, Any]:
         """Judge name, judge model and the rubric's hash (not the URL: the same model served elsewhere judges alike)."""
-        digest = hashlib.sha256(self.rubric.encode()).hexdigest()[:16]
-        return {"judge": self.name, "model": self.endpoint.model, "rubric": digest}
+        return {"judge": self.name, "model": self.endpoint.model, "rubric": text_digest(self.rubric)}
 
     def judge_one(self, request: str, reply: str) -> Judgment:
         """Ask the endpoint; an unparsable answer is a Judgment with score None."""

@@ -99,12 +99,10 @@ class StrongRejectJudge(local.LocalJudge, Judge):
     def judge_many(self, items: Sequence[Item], on_result: OnResult) -> None:
         """Score batches with one forward pass each (left padding, read at the last position)."""
         model, tokenizer = self.loaded()
-        pairs = [local.split_item(item)[:2] for item in items]
-        for start, chunk in local.chunks(pairs, self.batch_size):
-            rows = [self.encode(request, reply) for request, reply in chunk]
+        for start, rows in self.encoded_batches(items):
             logits = local.next_token_logits(model, rows, tokenizer.pad_token_id)
             scores, masses, probs = digit_scores(logits, self.digit_ids)
-            for offset in range(len(chunk)):
+            for offset in range(len(rows)):
                 on_result(start + offset, self.verdict(float(scores[offset]), float(masses[offset]),
                                                        probs[offset].tolist()))
 

@@ -83,10 +83,8 @@ class WildGuardJudge(local.LocalJudge, Judge):
     def judge_many(self, items: Sequence[Item], on_result: OnResult) -> None:
         """Generate greedily in left-padded batches and parse each continuation."""
         model, tokenizer = self.loaded()
-        pairs = [local.split_item(item)[:2] for item in items]
         eos = local.eos_ids(model, tokenizer)
-        for start, chunk in local.chunks(pairs, self.batch_size):
-            rows = [self.encode(request, reply) for request, reply in chunk]
+        for start, rows in self.encoded_batches(items):
             # padded with eos, as upstream (pad_token_id=tokenizer.eos_token_id)
             generated = local.greedy_generate(model, rows, pad_id=tokenizer.eos_token_id, eos=eos,
                                               max_new_tokens=self.max_new_tokens)
