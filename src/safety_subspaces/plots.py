@@ -261,11 +261,6 @@ def metric_grid_figure(tables: Sequence, path: Path) -> Path | None:
     return save(figure, path)
 
 
-def metric_figure(table, path: Path) -> Path | None:
-    """One paper table's metric against the rank fraction (a one-panel metric_grid_figure)."""
-    return metric_grid_figure([table], path)
-
-
 def reference_bars_figure(groups: Mapping[str, Sequence[tuple[str, float, float | None, float | None]]],
                           path: Path, *, title: str) -> Path | None:
     """Bars of the reference models' values per metric (a panel per metric), each with its 95 % interval: groups maps

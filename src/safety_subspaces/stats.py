@@ -174,20 +174,10 @@ def mean_interval(values, *, bootstrap: int = BOOTSTRAP, seed: int = 0, level: f
     return Interval(estimate, low, high, n, seeds, "bootstrap", level)
 
 
-def bootstrap_p_value(draws: np.ndarray) -> float:
-    """Two-sided p-value of 'no difference' from bootstrap draws of a difference: 2·min(P(d* ≤ 0), P(d* ≥ 0)), ≤ 1."""
-    finite = draws[np.isfinite(draws)]
-    if not finite.size:
-        return math.nan
-    below = (np.sum(finite <= 0) + 1) / (finite.size + 1)
-    above = (np.sum(finite >= 0) + 1) / (finite.size + 1)
-    return float(min(1.0, 2 * min(below, above)))
-
-
 def bootstrap_z_p_value(estimate: float, draws: np.ndarray) -> float:
     """Two-sided p-value of 'no difference' from the bootstrap standard error: 2·Φ(−|estimate| / sd(draws)).
 
-    The percentile p-value (bootstrap_p_value) cannot go below 2/(B + 1), which no Holm family of more than
+    The percentile p-value, 2·min(P(d* ≤ 0), P(d* ≥ 0)), cannot go below 2/(B + 1), which no Holm family of more than
     0.05·(B + 1)/2 comparisons could ever pass; the normal approximation with the bootstrap SE has no such floor. A
     statistic with no spread in its draws has p = 0 when it is not 0 (every resample agrees) and 1 when it is.
     """
@@ -208,21 +198,8 @@ def paired_difference(a, b, *, bootstrap: int = BOOTSTRAP, seed: int = 0, level:
     both variants (the pairing); each variant's seeds are resampled independently (seed variation). An item with no
     valid outcome in either variant is left out of both.
     """
-    a, b = as_outcomes(a), as_outcomes(b)
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"paired outcomes need the same items: {a.shape[1]} vs {b.shape[1]}")
-    shared = np.any(~np.isnan(a), axis=0) & np.any(~np.isnan(b), axis=0)
-    a, b = a[:, shared], b[:, shared]
-    n = int(shared.sum())
-    if n == 0:
-        return Comparison(math.nan, math.nan, math.nan, math.nan, 0, a.shape[0], b.shape[0], level=level)
-    rng = np.random.default_rng(seed)
-    counts = resample_counts(n, bootstrap, rng)
-    draws = seed_resample(weighted_means(a, counts), rng) - seed_resample(weighted_means(b, counts), rng)
-    low, high = percentile_bounds(draws, level)
-    estimate = point_mean(a) - point_mean(b)
-    return Comparison(estimate, low, high, bootstrap_z_p_value(estimate, draws), n, a.shape[0], b.shape[0],
-                      level=level)
+    return statistic_draws([a, b], lambda means: means[..., 0] - means[..., 1], bootstrap=bootstrap,
+                           seed=seed).summary(level, "paired bootstrap")
 
 
 def shared_items(arrays: Sequence[np.ndarray]) -> np.ndarray:

@@ -18,7 +18,7 @@ from .figures import ReportData, draw_figures
 from .comparisons import study_comparisons
 from .defences import defences_html
 from .paper_tables import PaperTable, paper_tables, table_html
-from .reading import reading
+from .reading import reading, significant
 
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -114,7 +114,7 @@ def comparisons_html(rows: Sequence[Mapping[str, Any]]) -> str:
                                                "statistic", "estimate [95 % CI]", "p", "p (Holm)", "n", "seeds"))
     body = []
     for row in rows:
-        mark = " class='sig'" if row.get("p_holm") is not None and row["p_holm"] < 0.05 else ""
+        mark = " class='sig'" if significant(row) else ""
         cells = [row["family"], row.get("finetune") or "", row.get("scheme") or "",
                  (row.get("metric_group") or row.get("metric") or "") + (f" ({row['judge']})" if row.get("judge") else ""),
                  row["comparison"], row.get("at") or "", row["statistic"],

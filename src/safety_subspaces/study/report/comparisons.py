@@ -18,8 +18,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ... import stats
-from ...evaluate.comparisons import (SHARE_METHOD, Outcomes, comparison_row, compare, holm_adjust, interpolated,
-                                     outcomes, select, share_draws)
+from ...evaluate.comparisons import (SHARE_METHOD, Outcomes, as_comparison, comparison_row, compare, holm_adjust,
+                                     interpolated, outcomes, select, share_draws)
 from ...errors import UserError
 from ...runtime import stable_seed
 from ..config import Study
@@ -60,13 +60,14 @@ def energy_of(energy: Sequence[Mapping[str, Any]], finetune: str, scheme: str, k
     return None
 
 
-def control_at_energy(items: Sequence[Mapping[str, Any]], energy: Sequence[Mapping[str, Any]], *, kind: str,
-                      finetune: str, scheme: str, fractions: Sequence[float], target: float, start: Outcomes,
-                      end: Outcomes, common: Mapping[str, Any]) -> Outcomes | None:
-    """A control kind's per-item outcomes interpolated at energy kept `target`, seed by seed (None if out of range)."""
+def control_curve(items: Sequence[Mapping[str, Any]], energy: Sequence[Mapping[str, Any]], *, kind: str,
+                  finetune: str, scheme: str, fractions: Sequence[float], start: Outcomes, end: Outcomes,
+                  common: Mapping[str, Any]) -> tuple[list[Any], list[list[tuple[float, Outcomes]]]]:
+    """A control kind's seeds and, per seed, its (energy kept, outcomes) points sorted by energy, anchored at the
+    reference model (energy 0) and the fine-tune (energy 1)."""
     projected = {"model": finetune, "variant": "projected", "scheme": scheme, "subspace": kind, **common}
     seeds = list(dict.fromkeys(record.get("seed") for record in select(items, projected)))
-    rows = []
+    curves = []
     for seed in seeds:
         points = [(0.0, start), (1.0, end)]
         for fraction in fractions:
@@ -74,7 +75,16 @@ def control_at_energy(items: Sequence[Mapping[str, Any]], energy: Sequence[Mappi
             where = {**projected, "fraction": fraction, **({"seed": seed} if seed is not None else {})}
             if at is not None and select(items, where):
                 points.append((at, outcomes(items, where)))
-        found = interpolated(sorted(points, key=lambda p: p[0]), target, label=f"{kind} at energy {target:.3f}")
+        curves.append(sorted(points, key=lambda p: p[0]))
+    return seeds, curves
+
+
+def control_at_energy(seeds: Sequence[Any], curves: Sequence[Sequence[tuple[float, Outcomes]]], target: float,
+                      kind: str) -> Outcomes | None:
+    """A control kind's per-item outcomes interpolated at energy kept `target`, seed by seed (None if out of range)."""
+    rows = []
+    for points in curves:
+        found = interpolated(points, target, label=f"{kind} at energy {target:.3f}")
         if found is None:
             return None
         rows.append(found)
@@ -116,12 +126,16 @@ def study_comparisons(tables: Mapping[str, Sequence[Mapping[str, Any]]], study: 
                     **labels)
                 rows.append(change)
                 resolved = change_is_resolved(change)
+                curves = {kind: control_curve(items, energy, kind=kind, finetune=entry.finetune, scheme=entry.scheme,
+                                              fractions=fractions, start=start, end=end, common=common)
+                          for kind in kinds}
                 for fraction in fractions:
                     top = {"model": entry.finetune, "variant": "projected", "scheme": entry.scheme,
                            "subspace": BASELINE, "fraction": fraction}
                     if not select(items, {**top, **common}):
                         continue
                     top_side = outcomes(items, {**top, **common})
+                    target = energy_of(energy, entry.finetune, entry.scheme, BASELINE, fraction)
                     for kind in kinds:
                         other = {**top, "subspace": kind}
                         if select(items, {**other, **common}):
@@ -130,12 +144,9 @@ def study_comparisons(tables: Mapping[str, Sequence[Mapping[str, Any]]], study: 
                                              level=settings.level)
                             rows.append(comparison_row(CONTROLS, f"{BASELINE} − {kind}", result, a=BASELINE, b=kind,
                                                        at=f"ϱ = {fraction:g}", statistic=DIFFERENCE, **labels))
-                        target = energy_of(energy, entry.finetune, entry.scheme, BASELINE, fraction)
                         if target is None:
                             continue
-                        control = control_at_energy(items, energy, kind=kind, finetune=entry.finetune,
-                                                    scheme=entry.scheme, fractions=fractions, target=target,
-                                                    start=start, end=end, common=common)
+                        control = control_at_energy(*curves[kind], target, kind)
                         if control is None:
                             continue
                         seed = bootstrap_seed(kind, fraction, "energy")
@@ -143,10 +154,7 @@ def study_comparisons(tables: Mapping[str, Sequence[Mapping[str, Any]]], study: 
                             draws, sides = share_draws(items, top_side, control, start, end,
                                                        bootstrap=settings.bootstrap, seed=seed)
                             shares[(entry.scheme, entry.finetune, group, kind, fraction)] = draws
-                            summary = draws.summary(settings.level, SHARE_METHOD)
-                            result = stats.Comparison(summary.difference, summary.low, summary.high, summary.p_value,
-                                                      summary.n, sides[0].values.shape[0], sides[1].values.shape[0],
-                                                      SHARE_METHOD, settings.level)
+                            result = as_comparison(draws.summary(settings.level, SHARE_METHOD), sides)
                         else:
                             result = compare(items, top_side, control, bootstrap=settings.bootstrap, seed=seed,
                                              level=settings.level)
@@ -187,9 +195,3 @@ def separation_rows(shares: Mapping[tuple, stats.Draws], level: float) -> list[d
                                    b="utility", at=f"equal energy kept (ϱ = {h[4]:g})", statistic=SEPARATED,
                                    finetune=which, scheme=h[0], metric="harm, utility"))
     return rows
-
-
-def significant(row: Mapping[str, Any], alpha: float | None = None) -> bool:
-    """Whether a comparison holds after Holm's correction at 1 − level (0.05 by default)."""
-    p = row.get("p_holm")
-    return p is not None and not math.isnan(float(p)) and float(p) < (alpha if alpha is not None else 1 - stats.LEVEL)
