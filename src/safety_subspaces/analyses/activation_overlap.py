@@ -170,10 +170,15 @@ def set_spectrum(moments: Moments, index: int, centered: bool) -> Spectrum:
     return moment_spectrum(moments.second[index], moments.total[index], moments.count, centered)
 
 
+def weighted_moment(vectors: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(second moment, column sums, row count) of one resample of a set: prompt i counted weights[i] times."""
+    weighted = vectors * weights[:, None]
+    return vectors.T @ weighted, weighted.sum(0), float(weights.sum())
+
+
 def weighted_spectrum(vectors: torch.Tensor, weights: torch.Tensor, centered: bool) -> Spectrum:
     """The spectrum of one resample of a set: prompt i counted weights[i] times in the (centred) second moment."""
-    weighted = vectors * weights[:, None]
-    return moment_spectrum(vectors.T @ weighted, weighted.sum(0), float(weights.sum()), centered)
+    return moment_spectrum(*weighted_moment(vectors, weights), centered)
 
 
 def bootstrap_intervals(vectors: Mapping[str, Mapping[int, torch.Tensor]], pairs: Sequence[tuple[str, str]],
@@ -194,18 +199,19 @@ def bootstrap_intervals(vectors: Mapping[str, Mapping[int, torch.Tensor]], pairs
     for _ in range(replicates):
         weights = {name: torch.from_numpy(rng.multinomial(size, np.full(size, 1.0 / size)).astype(np.float64))
                    for name, size in sizes.items()}
-        for centered in (False, True):
-            band: dict[tuple, list[float]] = {}
-            for index in indices:
-                spectra = {name: weighted_spectrum(vectors[name][index], weights[name], centered) for name in names}
+        band: dict[tuple, list[float]] = {}
+        for index in indices:
+            moments = {name: weighted_moment(vectors[name][index], weights[name]) for name in names}  # both centrings
+            for centered in (False, True):
+                spectra = {name: moment_spectrum(*moments[name], centered) for name in names}
                 for a, b in pairs:
                     for point in mso_curve(spectra[a], spectra[b], etas, null=False):
                         key = (pair_label(a, b), index, centered, point["eta"])
                         values.setdefault(key, []).append(point["mso"])
                         band.setdefault((pair_label(a, b), "band", centered, point["eta"]), []).append(point["mso"])
-            for key, members in band.items():
-                finite = [m for m in members if np.isfinite(m)]
-                values.setdefault(key, []).append(float(np.mean(finite)) if finite else math.nan)
+        for key, members in band.items():
+            finite = [m for m in members if np.isfinite(m)]
+            values.setdefault(key, []).append(float(np.mean(finite)) if finite else math.nan)
         if on_replicate is not None:
             on_replicate()
     return {key: stats.percentile_bounds(np.asarray(draws, dtype=float), level) for key, draws in values.items()}

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from .. import __version__, layout, linalg, paper, profiling, progress
 from ..checkpoints import Checkpoint, TensorFilter, check_compatible, layer_index, write_checkpoint
 from ..edits import EditInputs, ProjectionSpec, check_fraction, make_edit
-from ..edits.apply import edited_state
+from ..edits.apply import describe, edited_state
 from ..edits.projections import projection_class
 from ..errors import UserError
 from ..files import staged_dir
@@ -157,8 +157,6 @@ def energy_table(
         if on_tensor:
             on_tensor(name)
     return energy_rows(records, kinds=kinds, fractions=fractions, schemes=schemes), records
-
-
 
 
 def floating_names(context: AnalysisContext, roles: Sequence[str], select: Callable[[str], bool]) -> list[str]:
@@ -337,7 +335,6 @@ class ProjectConfig(RunSettings):
                       self.tensors, list(self.layers) if self.layers is not None else None)
 
 
-ProjectResult = EnergyResult
 
 
 def model_targets(config: ProjectConfig) -> list[tuple[str, Spec, Path]]:
@@ -385,7 +382,7 @@ def write_models(config: ProjectConfig, context: AnalysisContext, targets: list[
             edit = make_edit(spec, "--write")
             relative = directory.relative_to(config.models_out)  # type: ignore[arg-type]
             note = {
-                "finetune": finetune, "edit": edit.name, **edit.options(), "reference": config.reference_kind,
+                "finetune": finetune, **describe(edit), "reference": config.reference_kind,
                 "seed": config.seed, "filter": config.select.describe(), "tool": f"safety-subspaces {__version__}",
             }
             write_checkpoint(

@@ -83,8 +83,7 @@ class UpdateSpectra:
         self.cache = SpectrumCache(update, reference, root=root, method=method, device=device)
         self.mirror = SpectrumCache(reference, update, root=root, method=method, device=device)
         self.device = device
-        self.computed = 0
-        self.reused = 0
+        self.reused = 0  # spectra read back (a miss is counted by the cache: self.cache.computed)
 
     def get(self, name: str, reference_tensor: Callable[[], torch.Tensor]) -> Spectrum:
         """The spectrum of this update's tensor `name`."""
@@ -94,9 +93,7 @@ class UpdateSpectra:
             return cached
         with stage("read"):
             delta = self.update.read(name).to(device=self.device, dtype=torch.float32) - reference_tensor()
-        spectrum = self.cache.get(name, delta)
-        self.computed += 1
-        return spectrum
+        return self.cache.get(name, delta)
 
 
 def tensor_rows(name: str, spectra: Mapping[str, Spectrum], pairs: Sequence[tuple[str, str]], etas: Sequence[float],
@@ -165,7 +162,7 @@ def overlap_rows(reference: Checkpoint, updates: Mapping[str, Checkpoint], names
              for label, layer in chosen.items() if not any(row["layer"] == layer for row in layers)]
     return WeightOverlapResult(
         [*depth, *layers, *rows], notes=notes, seconds=time.time() - started, pairs=labels, depth_layers=chosen,
-        decompositions=sum(s.computed for s in sources.values()), cache_hits=sum(s.reused for s in sources.values()),
+        decompositions=sum(s.cache.computed for s in sources.values()), cache_hits=sum(s.reused for s in sources.values()),
         ranks=ranks, num_layers=total_layers, tensor_count=len(names),
     )
 

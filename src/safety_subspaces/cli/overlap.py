@@ -172,22 +172,16 @@ def model_names(values) -> dict[str, str]:
     return named(items, "--model")
 
 
-def device_of(text: str) -> str:
-    """--device auto resolved."""
-    from ..runtime import resolve_device
-
-    return resolve_device(text)
-
-
 def run_weights(args: argparse.Namespace) -> int:
     """Run the weight-overlap analysis and print the depth-percentile tables."""
     from ..analyses.weight_overlap import AGGREGATION, WeightOverlapConfig, run_weight_overlap
+    from ..runtime import resolve_device
     from ..spectra import null_dirs_summary
 
     config = WeightOverlapConfig(
         reference=args.reference, updates=named(args.update, "--update"), out=args.out, etas=args.eta,
         tensors=args.tensors, layers=args.layers, percentiles=args.depth_percentiles, pairs=args.pairs,
-        cache_dir=args.cache_dir, svd_method=args.svd_method, device=device_of(args.device),
+        cache_dir=args.cache_dir, svd_method=args.svd_method, device=resolve_device(args.device),
         allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code, profile=args.profile,
     )
     result = run_weight_overlap(config)
@@ -216,12 +210,13 @@ def run_weights(args: argparse.Namespace) -> int:
 def run_activations(args: argparse.Namespace) -> int:
     """Run the activation-overlap analysis and print the depth-band tables."""
     from ..analyses.activation_overlap import ActivationOverlapConfig, run_activation_overlap
+    from ..runtime import resolve_device
 
     config = ActivationOverlapConfig(
         models=model_names(args.model), prompts=named(args.prompts, "--prompts"), out=args.out, n=args.n,
         allow_fewer=args.allow_fewer, etas=args.eta, depth=args.depth, window=args.window,
         chat=not args.raw_prompts, all_layers=args.all_layers, pairs=args.pairs, batch_size=args.batch_size,
-        max_length=args.max_length, dtype=args.dtype, device=device_of(args.device),
+        max_length=args.max_length, dtype=args.dtype, device=resolve_device(args.device),
         save_activations=args.save_activations, trust_remote_code=args.trust_remote_code, zoo=args.zoo,
         allow_pickle=args.allow_pickle, profile=args.profile,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -143,9 +143,7 @@ class Worker:
         """Run one job with its kind's handler; return its (table, row) results and its wall time."""
         start = time.perf_counter()
         with profiling.collecting(self.context.profile) as profile:
-            # an evaluate job's time outside its nested stages (swap, load, read, ...) is generation and judging
-            with profiling.stage("evaluate") if job.kind in ("evaluate", "defence") else nullcontext():
-                rows = kind_of(job.kind).run(self, job)
+            rows = kind_of(job.kind).run(self, job)
         if profile is not None:
             write_json(self.run_dir / layout.PROFILES / f"{job.id}.json",
                        {"job": job.id, "kind": job.kind, "label": job.label, "stages": profile.table()})

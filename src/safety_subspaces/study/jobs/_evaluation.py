@@ -102,6 +102,12 @@ class Evaluating(JobKind):
         return (*swap_in(worker, spec), {})
 
     def run(self, worker: "Worker", job: Job) -> "Rows":
+        """evaluate() under the profile stage `evaluate`: its time outside the nested stages (swap, load, read, ...)
+        is generation and judging."""
+        with stage("evaluate"):
+            return self.evaluate(worker, job)
+
+    def evaluate(self, worker: "Worker", job: Job) -> "Rows":
         """Evaluate the variant on each metric; the resident model is restored afterwards.
 
         Rows: the evaluation table's, and one items record per metric (per-item outcomes keyed like the samples that
