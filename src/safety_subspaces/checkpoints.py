@@ -57,6 +57,17 @@ def layer_index(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def module_pattern(pattern: str | None, where: str) -> Callable[[str], bool]:
+    """A predicate for a modules regular expression (None: every name)."""
+    if pattern is None:
+        return lambda name: True
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise UserError(f"{where}: modules {pattern!r} is not a valid regular expression ({exc})") from None
+    return lambda name: compiled.search(name) is not None
+
+
 def is_decoder_matrix(name: str, shape: Sequence[int]) -> bool:
     """Whether a tensor is a 2-D weight inside a decoder block (a defence's default modules)."""
     return len(shape) == 2 and layer_index(name) is not None

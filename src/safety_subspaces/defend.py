@@ -23,7 +23,7 @@ from . import __version__, layout, linalg
 from .analyses import RunSettings
 from .checkpoints import DEFAULT_SHARD_BYTES, Checkpoint, TensorFilter, check_compatible, write_checkpoint
 from .edits import EDITS, Edit, EditInputs, check_reads, make_edit
-from .edits.apply import edited_state, edited_weight
+from .edits.apply import edited_state
 from .errors import UserError
 from .files import output_lock
 from .registry import Registry, Spec
@@ -123,21 +123,12 @@ def check_models(kind: str, built: Edit | Transform, config: DefendConfig) -> No
         if config.finetuned is not None:
             raise UserError(f"{built.name} changes the {config.reference_kind} model before fine-tuning; it takes no "
                             "--finetuned")
-        check_reads(_Reads(built.name), config.others, flag)
+        check_reads(built, config.others, flag)  # type: ignore[arg-type]
         return
     if config.finetuned is None:
         raise UserError(f"{built.name} edits a fine-tune: give --finetuned F (a checkpoint or a LoRA adapter of the "
                         f"{config.reference_kind} model)")
     check_reads(built, config.others, flag)  # type: ignore[arg-type]
-
-
-class _Reads:
-    """A stand-in Edit for check_reads: a defence that reads no other checkpoint."""
-
-    reads: Mapping[str, str] = {}
-
-    def __init__(self, name: str):
-        self.name = name
 
 
 def check_out(out: Path) -> None:
@@ -215,7 +206,8 @@ def write_defended_adapter(edit: Edit, inputs: EditInputs, finetune: Any, out: P
 
     def factors():
         for name in finetune.targets:
-            edited_weight(edit, inputs, name, True)  # the merged view's Δ̃: records the module's energy
+            if edit.exact(inputs, name) is None:  # the merged view's Δ̃ records the module's energy
+                edit.delta(inputs, name, inputs.delta_task(name))
             b, a = finetune.adapter.factors(name)
             yield name, edit.adapter(inputs, name, b, a)
 

@@ -13,7 +13,7 @@ import re
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
 from .. import defence_math, linalg
-from ..checkpoints import is_decoder_matrix, layer_index
+from ..checkpoints import is_decoder_matrix, layer_index, module_pattern
 from ..errors import UserError
 from . import Edit, EditInputs
 
@@ -29,11 +29,8 @@ def select_modules(infos: Mapping[str, Any], names: Sequence[str], targets: Sequ
     if pattern is None:
         chosen = candidates if targets is not None else [n for n in candidates if is_decoder_matrix(n, infos[n].shape)]
     else:
-        try:
-            compiled = re.compile(pattern)
-        except re.error as exc:
-            raise UserError(f"{where}: modules {pattern!r} is not a valid regular expression ({exc})") from None
-        chosen = [n for n in candidates if compiled.search(n)]
+        match = module_pattern(pattern, where)
+        chosen = [n for n in candidates if match(n)]
     if not chosen:
         what = f"matches no 2-D {'adapted ' if targets is not None else ''}tensor" if pattern else "found no module"
         raise UserError(f"{where}: modules {pattern or 'default'} {what}")

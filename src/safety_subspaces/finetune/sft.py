@@ -180,8 +180,9 @@ def train_loop(model, steps: Iterable[list], total: int, recipe: Recipe, *, devi
             if penalty is not None:
                 value = penalty()
                 value.backward()
-                if not math.isfinite(float(value.detach())):
-                    raise diverged(f"{description} (constraint penalty)", len(losses) + 1, float(value.detach()))
+                number = float(value.detach())
+                if not math.isfinite(number):
+                    raise diverged(f"{description} (constraint penalty)", len(losses) + 1, number)
             if recipe.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, recipe.max_grad_norm)
             if not math.isfinite(step_loss):

@@ -9,8 +9,7 @@ runs one. Adding a transform is one new module in this package (or a plugin, ent
 
 from __future__ import annotations
 
-import re
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping
 
 from ..errors import UserError
 from ..registry import Registry, Spec
@@ -27,6 +26,7 @@ class Transform:
     """A change of the reference model, tensor by tensor, built from its options."""
 
     name: ClassVar[str] = ""
+    reads: ClassVar[Mapping[str, str]] = {}  # a transform reads no checkpoint beyond the base and the reference
 
     def options(self) -> dict[str, Any]:
         """The options the transform was built with."""
@@ -54,17 +54,6 @@ def make_transform(spec: Spec | Transform | str, where: str = "transform") -> Tr
     if not isinstance(built, Transform):
         raise UserError(f"{where}: transform {spec if isinstance(spec, str) else spec.name!r} did not build a Transform")
     return built
-
-
-def module_pattern(pattern: str | None, where: str) -> Callable[[str], bool]:
-    """A predicate for a modules regular expression (None: every name)."""
-    if pattern is None:
-        return lambda name: True
-    try:
-        compiled = re.compile(pattern)
-    except re.error as exc:
-        raise UserError(f"{where}: modules {pattern!r} is not a valid regular expression ({exc})") from None
-    return lambda name: compiled.search(name) is not None
 
 
 def transformed_state(transform: Transform, subspaces: "AlignmentSubspaces") -> Iterator[tuple[str, "torch.Tensor"]]:

@@ -11,10 +11,11 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from .. import defence_math, linalg
-from ..checkpoints import layer_index
+from ..checkpoints import layer_index, module_pattern
+from ..edits import check_fraction
 from ..errors import UserError
 from ..subspaces import SUBSPACES, AlignmentSubspaces
-from . import TRANSFORMS, Transform, module_pattern
+from . import TRANSFORMS, Transform
 
 if TYPE_CHECKING:
     import torch
@@ -42,10 +43,7 @@ class Lox(Transform):
         if fraction is not None and k != 0:
             raise UserError("lox: give k or fraction, not both")
         if fraction is not None:
-            try:
-                fraction = linalg.check_fraction(float(fraction), "fraction")
-            except ValueError:
-                raise UserError(f"lox: fraction {fraction!r} is outside (0, 1]") from None
+            fraction = check_fraction(fraction, "lox")
         self.alpha, self.k, self.fraction, self.modules = alpha, k, fraction, modules
         self.subspace = SUBSPACES.canonical(subspace, "lox: subspace")
         self.select = module_pattern(modules, "lox")
