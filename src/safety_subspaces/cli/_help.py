@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_command(subparsers, common: argparse.ArgumentParser, name: str, summary: str, examples: str, handler=None):
@@ -18,6 +19,18 @@ def add_command(subparsers, common: argparse.ArgumentParser, name: str, summary:
     if handler is not None:
         parser.set_defaults(handler=handler)
     return parser
+
+
+def add_group(parser: argparse.ArgumentParser, *, dest: str, metavar: str = "<what>", **options):
+    """The subcommands of a command group; the group alone prints its help to stderr and exits 2."""
+    parser.set_defaults(handler=lambda args: group_usage(parser), quiet=False, threads=None, json=False)
+    return parser.add_subparsers(dest=dest, metavar=metavar, **options)
+
+
+def group_usage(parser: argparse.ArgumentParser) -> int:
+    """Print a command group's help to stderr; exit code 2."""
+    parser.print_help(sys.stderr)
+    return 2
 
 
 def csv_list(kind: type = str):

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from ._help import add_command, at_least
+from ._help import add_command, add_group, at_least
 
 INFO_EXAMPLES = """\
   safety-subspaces cache info                    # ~/.cache/safety-subspaces/svd (or $SAFETY_SUBSPACES_HOME/svd)
@@ -24,8 +24,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     """Add `cache` with its `info` and `clear` subcommands."""
     parser = subparsers.add_parser("cache", help="inspect or clear the SVD cache",
                                    description="The SVD cache: `cache info` or `cache clear`.")
-    parser.set_defaults(handler=lambda args: _usage(parser), quiet=False, threads=None, json=False)
-    commands = parser.add_subparsers(dest="cache_command", metavar="<what>")
+    commands = add_group(parser, dest="cache_command")
     info = add_command(commands, common, "info", "List cache entries (size, files, last use, models), totals and the budget.",
                        INFO_EXAMPLES, handler=run_info)
     clear = add_command(commands, common, "clear", "Remove whole cache entries (all, or those unused for a while).",
@@ -35,11 +34,6 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     clear.add_argument("--older-than", type=at_least(0.0, float), metavar="DAYS",
                        help="only entries last used more than DAYS days ago")
 
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    """Print the group's help; exit code 2."""
-    parser.print_help(sys.stderr)
-    return 2
 
 
 def describe(entry) -> dict:

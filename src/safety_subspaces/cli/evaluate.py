@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ..evaluate.judges import DEFAULT_JUDGE
-from ._help import add_allow_pickle, add_command, add_spec_options, show_registries
+from ._help import add_allow_pickle, add_command, add_group, add_spec_options, show_registries
 
 DEFAULT_OUT_ROOT = Path("runs") / "eval"  # like `run`'s runs/<study>: under the working directory, gitignored here
 
@@ -51,8 +51,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     """Add `evaluate` with its `utility` and `harm` subcommands."""
     parser = subparsers.add_parser("evaluate", help="utility (lm-eval) and harmfulness (judged generations) of a model",
                                    description="Evaluate a model: `evaluate utility` or `evaluate harm`.")
-    parser.set_defaults(handler=lambda args: _usage(parser), quiet=False, threads=None, json=False)
-    commands = parser.add_subparsers(dest="evaluate_command", metavar="<what>")
+    commands = add_group(parser, dest="evaluate_command")
 
     utility = add_command(commands, common, "utility", "Utility through lm-evaluation-harness (default: GSM8K 1-shot).",
                           UTILITY_EXAMPLES, handler=run_utility)
@@ -98,11 +97,6 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     add_allow_pickle(parser)
     parser.add_argument("--trust-remote-code", action="store_true", help="accept models that declare custom code")
 
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    """Print the evaluate help; exit code 2."""
-    parser.print_help(sys.stderr)
-    return 2
 
 
 def _device(args: argparse.Namespace) -> str:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ._help import add_command
+from ._help import add_command, add_group
 
 BUILD_EXAMPLES = """\
   # the default zoo (about 3-5 minutes on a laptop CPU), into ~/.cache/safety-subspaces/zoo/default
@@ -33,8 +33,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     """Add `organism` with its `build` and `show` subcommands."""
     parser = subparsers.add_parser("organism", help="build or inspect the built-in model organism zoo",
                                    description="The model organism: `organism build` or `organism show`.")
-    parser.set_defaults(handler=lambda args: _usage(parser), quiet=False, threads=None, json=False)
-    commands = parser.add_subparsers(dest="organism_command", metavar="<what>")
+    commands = add_group(parser, dest="organism_command")
     build = add_command(commands, common, "build",
                         "Build the organism zoo: base, aligned, safety, useful, harmful, contaminated + held-out sets.",
                         BUILD_EXAMPLES, handler=run_build)
@@ -45,11 +44,6 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
                        SHOW_EXAMPLES, handler=run_show)
     show.add_argument("zoo", type=Path, nargs="?", help="zoo directory (default: the default zoo)")
 
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    """Print the group's help; exit code 2."""
-    parser.print_help(sys.stderr)
-    return 2
 
 
 def run_build(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from ._help import (
     add_allow_pickle,
     add_cache_options,
     add_command,
+    add_group,
     add_profile,
     add_svd_method,
     csv_list,
@@ -64,16 +65,10 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
         "overlap", help=summary, description=summary, epilog="examples:\n" + EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    analyses = parser.add_subparsers(dest="analysis", metavar="<analysis>", parser_class=type(parser))
-    parser.set_defaults(handler=lambda args: _usage(parser), threads=None, json=False, quiet=False)
+    analyses = add_group(parser, dest="analysis", metavar="<analysis>", parser_class=type(parser))
     register_weights(analyses, common)
     register_activations(analyses, common)
 
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    """`overlap` without an analysis: print help, exit 2."""
-    parser.print_help(sys.stderr)
-    return 2
 
 
 def register_weights(analyses, common: argparse.ArgumentParser) -> None:
