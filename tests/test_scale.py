@@ -312,3 +312,151 @@ def test_eviction_and_clear_never_touch_directories_that_are_not_cache_entries(c
     assert len(spectra.evict_to_budget(cache)) == 1 and spectra.cache_entries(cache) == []
     assert main(["cache", "clear", "--cache-dir", str(cache)]) == 0
     assert (cache / "notes" / "keep.txt").exists()
+
+
+# ---------------------------------------------------------------- row-block streaming (the worker's memory bound)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 40), min_size=0, max_size=3), st.integers(1, 300))
+def test_row_blocks_cover_every_row_once_in_order(shape, block):
+    blocks = linalg.row_blocks(shape, block)
+    numel = math.prod(shape)
+    if len(shape) < 2 or numel <= block:
+        assert blocks == [slice(None)]
+        return
+    assert blocks[0].start == 0 and blocks[-1].stop == shape[0]
+    assert all(a.stop == b.start for a, b in zip(blocks, blocks[1:]))
+    row = numel // shape[0]
+    assert all((s.stop - s.start) * row <= max(block, row) for s in blocks)
+
+
+def test_read_rows_is_the_slice_of_read_for_files_memos_and_adapters(cast, tmp_path):
+    from safety_subspaces.adapters import AdapterFinetune, LoraAdapter
+
+    plain, memoised = Checkpoint(cast["aligned"]), Checkpoint(cast["aligned"], keep_bytes=1 << 30)
+    for name in plain.names:
+        whole = plain.read(name)
+        memoised.read(name)
+        for rows in ([slice(None)] if whole.ndim == 0 else [slice(0, 1), slice(1, max(2, whole.shape[0] // 2)),
+                                                              slice(whole.shape[0] - 1, whole.shape[0])]):
+            assert torch.equal(plain.read_rows(name, rows), whole[rows]), (name, rows)
+            assert torch.equal(memoised.read_rows(name, rows), whole[rows]), (name, rows)
+    adapter_dir = write_lora_adapter(cast, tmp_path / "adapter")
+    merged = AdapterFinetune(LoraAdapter(adapter_dir), plain)
+    for name in merged.targets:
+        whole = merged.read(name)
+        assert torch.allclose(merged.read_rows(name, slice(2, 5)), whole[2:5], atol=1e-6), name
+
+
+def write_lora_adapter(cast, out):
+    """A LoRA adapter on the cast's q_proj and down_proj modules (PEFT layout), seeded."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(cast["aligned"])
+    peft = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "down_proj"]))
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, param in peft.named_parameters():
+            if "lora_B" in name:
+                param.copy_(0.05 * torch.randn(param.shape, generator=generator))
+    peft.save_pretrained(out)
+    return out
+
+
+def test_a_nan_in_a_streamed_row_block_is_named(cast, tmp_path, monkeypatch, capsys):
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    import shutil
+
+    shutil.copytree(cast["useful"], broken)
+    shard = next(broken.glob("*.safetensors"))
+    tensors = load_file(shard)
+    name = next(n for n, t in tensors.items() if "embed" in n)
+    tensors[name][-1, 0] = float("nan")  # in the last row block only
+    save_file(tensors, shard, metadata={"format": "pt"})
+    monkeypatch.setattr(linalg, "STREAM_ELEMENTS", 64)
+    args = ["project", "--quiet", "--base", str(cast["base"]), "--aligned", str(cast["aligned"]),
+            "--finetuned", f"useful={broken}", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and name in err[0] and "NaN" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def energy_cells(path) -> dict[tuple, float]:
+    """Every numeric cell of an energy.csv by (row key, column)."""
+    import csv
+
+    cells = {}
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            key = (row["finetune"], row["subspace"], row["scheme"], row["fraction"], row["scope"], row["name"])
+            for column in ("energy_kept", "cos_task_proj", "cos_task_align"):
+                cells[key + (column,)] = float(row[column])
+    return cells
+
+
+def test_streamed_energy_table_equals_the_whole_tensor_one_within_1e6(cast, tmp_path, monkeypatch):
+    args = ["project", "--quiet", "--base", str(cast["base"]), "--aligned", str(cast["aligned"]),
+            "--finetuned", f"useful={cast['useful']}", "--finetuned", f"harmful={cast['harmful']}", "--device", "cpu"]
+    assert main([*args, "--cache-dir", str(tmp_path / "c1"), "--out", str(tmp_path / "whole")]) == 0
+    blocked = []
+    original = linalg.row_blocks
+    monkeypatch.setattr(linalg, "STREAM_ELEMENTS", 200)
+    monkeypatch.setattr(linalg, "row_blocks", lambda *a, **k: blocked.append(len(original(*a, **k))) or original(*a, **k))
+    assert main([*args, "--cache-dir", str(tmp_path / "c2"), "--out", str(tmp_path / "streamed")]) == 0
+    assert max(blocked) > 10  # the embedding and the MLP matrices went in many row blocks
+    whole, streamed = energy_cells(tmp_path / "whole" / "energy.csv"), energy_cells(tmp_path / "streamed" / "energy.csv")
+    assert whole.keys() == streamed.keys()
+    energies = [key for key in whole if key[-1] != "cos_task_proj"]
+    assert max(abs(whole[key] - streamed[key]) for key in energies) <= 1e-6
+    # cos(Δ_T, Δ̃) = sqrt(kept / total) moves by the energy's float32 error / (2 sqrt(kept · total)): compared where the
+    # kept energy is not itself at round-off (an orthogonal projection at ϱ = 0.99 keeps ~1e-9 of Δ_T on this cast)
+    kept = {key[:-1]: whole[key[:-1] + ("energy_kept",)] for key in whole}
+    cosines = [key for key in whole if key[-1] == "cos_task_proj" and kept[key[:-1]] >= 1e-4]
+    assert cosines and max(abs(whole[key] - streamed[key]) for key in cosines) <= 1e-6
+
+
+@pytest.mark.parametrize("scheme, kind", [("parallel", "top_k"), ("orthogonal", "random_k"), ("opposite", "random")])
+def test_streamed_swaps_equal_whole_tensor_swaps_and_restore_bit_for_bit(cast, tmp_path, monkeypatch, scheme, kind):
+    from transformers import AutoModelForCausalLM
+
+    from safety_subspaces.edits import EditInputs, ProjectionSpec
+    from safety_subspaces.edits.apply import LiveModel, edited_weight
+
+    base, aligned, useful = (Checkpoint(cast[r]) for r in ("base", "aligned", "useful"))
+    subspaces = AlignmentSubspaces(base, aligned, seed=5, cache_root=tmp_path / "svd")
+    spec = ProjectionSpec(scheme, kind, 0.5)
+    names = [n for n in aligned.names if aligned.infos[n].dtype.is_floating_point]
+    whole = {n: edited_weight(make(spec), EditInputs(subspaces, useful), n, True) for n in names}
+    monkeypatch.setattr(linalg, "STREAM_ELEMENTS", 150)
+    assert any(len(linalg.row_blocks(aligned.infos[n].shape)) > 1 for n in names)
+    model = AutoModelForCausalLM.from_pretrained(cast["aligned"])
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    live = LiveModel(model, subspaces, aligned.names)
+    live.apply(useful, spec)
+    params = dict(model.named_parameters())
+    for name in names:
+        assert torch.allclose(params[name].detach(), whole[name], atol=1e-6, rtol=0), name
+        assert torch.allclose(edited_weight(make(spec), EditInputs(subspaces, useful), name, True), whole[name],
+                              atol=1e-6, rtol=0), name  # the written path streams the same way
+    live.restore()
+    assert all(torch.equal(p.detach(), before[n]) for n, p in model.named_parameters())
+
+
+def make(spec):
+    """A fresh edit from a projection spec."""
+    from safety_subspaces.edits import make_edit
+
+    return make_edit(spec)
+
+
+def test_memo_budget_is_a_quarter_of_the_model_at_least_64_mib_unless_memory_gb_says():
+    from safety_subspaces.study.worker import memo_budget
+
+    assert memo_budget(None, 4 * 1024**3) == 1024**3
+    assert memo_budget(None, 750_952) == 64 * 1024**2  # the organism: its whole model and spectra fit
+    assert memo_budget(0.5, 4 * 1024**3) == 512 * 1024**2

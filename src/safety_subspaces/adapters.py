@@ -112,10 +112,10 @@ class LoraAdapter:
         module = self.modules[weight]
         return (read_tensor(self.infos[module.key_b], role=self.role), read_tensor(self.infos[module.key_a], role=self.role))
 
-    def update(self, weight: str) -> torch.Tensor:
-        """s · B · A of one module, in float32."""
+    def update(self, weight: str, rows: slice = slice(None)) -> torch.Tensor:
+        """s · B · A of one module (or the rows of it that B's rows give), in float32."""
         b, a = self.factors(weight)
-        return self.modules[weight].scaling * (b.float() @ a.float())
+        return self.modules[weight].scaling * (b[rows].float() @ a.float())
 
     def fingerprint(self) -> str:
         """A content fingerprint of the factors and the config."""
@@ -152,10 +152,14 @@ class AdapterFinetune:
 
     def read(self, name: str) -> torch.Tensor:
         """W_ref + s B A in float32 on an adapted weight; W_ref as stored elsewhere."""
-        weight = self.reference.read(name)
+        return self.read_rows(name, slice(None))
+
+    def read_rows(self, name: str, rows: slice) -> torch.Tensor:
+        """Rows (along dim 0) of read(name)."""
+        weight = self.reference.read_rows(name, rows)
         if name not in self.adapter.modules:
             return weight
-        return weight.float() + self.adapter.update(name)
+        return weight.float() + self.adapter.update(name, rows)
 
     def fingerprint(self) -> str:
         """The adapter's fingerprint joined with the reference's."""

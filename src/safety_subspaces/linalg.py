@@ -8,7 +8,7 @@ bases are orthonormal columns B (m x k) of the output (left) side; P = B B^T.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -23,6 +23,9 @@ TALL_RATIO = 2
 # orthogonality loss ~1e-9, energies within 1e-8 of numpy's float64 SVD); beyond, the QR route decides.
 GRAM_MAX_CONDITION = 1e3
 QR_BLOCK_ELEMENTS = 1 << 23  # float64 elements per row block of the chunked QR, the Gram and the U pass (64 MiB)
+# Elements per row block when a large tensor is streamed through an energy product or a swap (32 MiB in float32):
+# a tensor with at most this many elements is one block, computed exactly as a whole tensor.
+STREAM_ELEMENTS = 1 << 23
 RANK_RULE = ("numerical rank = #{sigma_i > sigma_max * max(m, n) * eps_float64} (numpy's matrix_rank); the directions "
              "below it are numerically zero and left out of every basis")
 
@@ -36,6 +39,29 @@ def as_matrix(tensor: torch.Tensor) -> torch.Tensor:
     if tensor.ndim == 2:
         return tensor
     return tensor.reshape(tensor.shape[0], -1)
+
+
+def row_blocks(shape: Sequence[int], block_elements: int | None = None) -> list[slice]:
+    """Row ranges (along dim 0) covering a tensor in blocks of about block_elements (default STREAM_ELEMENTS);
+    [slice(None)] when it is one block."""
+    block_elements = block_elements or STREAM_ELEMENTS
+    shape = tuple(shape)
+    numel = math.prod(shape)
+    if len(shape) < 2 or numel <= block_elements:
+        return [slice(None)]
+    rows = max(1, block_elements // max(1, numel // shape[0]))
+    return [slice(start, min(start + rows, shape[0])) for start in range(0, shape[0], rows)]
+
+
+def add_coefficients(total: torch.Tensor | None, frame_rows: torch.Tensor, delta_rows: torch.Tensor) -> torch.Tensor:
+    """total + F_bᵀ Δ_b (float32): the coefficients Fᵀ Δ accumulated over row blocks (total None: the first block)."""
+    product = frame_rows.T.float() @ as_matrix(delta_rows).float()
+    return product if total is None else total.add_(product)
+
+
+def row_energies(coefficients: torch.Tensor) -> torch.Tensor:
+    """e_i = ||row i of Fᵀ Δ||² in float64: the coefficient energies of each frame column."""
+    return (coefficients.double() ** 2).sum(dim=1)
 
 
 def matrix_rank_bound(shape: Iterable[int]) -> int:
@@ -126,14 +152,20 @@ def inner(a: torch.Tensor, b: torch.Tensor, *, chunk: int = CHUNK) -> float:
     return math.fsum(float(x @ y) for x, y in double_chunks(a, b, chunk=chunk))
 
 
-def norm_sq_and_inner(a: torch.Tensor, b: torch.Tensor, *, chunk: int = CHUNK) -> tuple[float, float]:
-    """(||a||_F^2, <a, b>) in one float64 pass over a (each chunk of a converted once); equal to frobenius_sq and inner."""
+def norm_sq_and_inner_parts(a: torch.Tensor, b: torch.Tensor, *, chunk: int = CHUNK) -> tuple[list[float], list[float]]:
+    """Per-chunk float64 terms of ||a||_F^2 and <a, b> (their fsums are the totals; row blocks' terms can be pooled)."""
     if a.shape != b.shape:
         raise ValueError(f"inner product of tensors with shapes {tuple(a.shape)} and {tuple(b.shape)}")
     squares, dots = [], []
     for x, y in double_chunks(a, b, chunk=chunk):
         squares.append(float(x @ x))
         dots.append(float(x @ y))
+    return squares, dots
+
+
+def norm_sq_and_inner(a: torch.Tensor, b: torch.Tensor, *, chunk: int = CHUNK) -> tuple[float, float]:
+    """(||a||_F^2, <a, b>) in one float64 pass over a (each chunk of a converted once); equal to frobenius_sq and inner."""
+    squares, dots = norm_sq_and_inner_parts(a, b, chunk=chunk)
     return math.fsum(squares), math.fsum(dots)
 
 
@@ -331,11 +363,31 @@ def add_update(weight: torch.Tensor, update: torch.Tensor, *, consume: bool = Fa
 
 def coefficient_energies(frame: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     """e_i = ||f_i^T delta||^2 for each frame column (float64): cumulative sums give parallel energy for every k."""
-    matrix = as_matrix(delta).float()
     if frame.shape[1] == 0:
         return torch.zeros(0, dtype=torch.float64)
-    coefficients = (frame.T.float() @ matrix).double()
-    return (coefficients**2).sum(dim=1)
+    return row_energies(add_coefficients(None, frame, delta))
+
+
+def selection_union(selections: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The sorted union of the column indices that the selections use."""
+    return torch.unique(torch.cat([idx.reshape(-1).long() for idx in selections.values()]))
+
+
+def take_columns(basis: torch.Tensor, union: torch.Tensor) -> torch.Tensor:
+    """basis[:, union]: a view when union is the prefix 0..u-1, else a gathered copy."""
+    used = int(union.numel())
+    if used == 0 or int(union[-1]) == used - 1:
+        return basis[:, :used]
+    return basis[:, union.to(basis.device)]
+
+
+def split_selections(energies: torch.Tensor, union: torch.Tensor, width: int,
+                     selections: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each selection's coefficient energies, from those of the union's columns (width: the basis' column count)."""
+    position = torch.full((width,), -1, dtype=torch.long)
+    position[union] = torch.arange(int(union.numel()))
+    energies = energies.cpu()
+    return {key: energies[position[idx.reshape(-1).long()]] for key, idx in selections.items()}
 
 
 def selected_coefficient_energies(basis: torch.Tensor, delta: torch.Tensor,
@@ -347,18 +399,11 @@ def selected_coefficient_energies(basis: torch.Tensor, delta: torch.Tensor,
     """
     if not selections:
         return {}
-    union = torch.unique(torch.cat([idx.reshape(-1).long() for idx in selections.values()]))  # sorted
-    used = int(union.numel())
-    if used == 0:
+    union = selection_union(selections)
+    if int(union.numel()) == 0:
         return {key: torch.zeros(0, dtype=torch.float64) for key in selections}
-    if int(union[-1]) == used - 1:  # a prefix 0..used-1: a view, no gathered copy
-        energies = coefficient_energies(basis[:, :used], delta)
-    else:
-        energies = coefficient_energies(basis[:, union.to(basis.device)], delta)
-    position = torch.full((basis.shape[1],), -1, dtype=torch.long)
-    position[union] = torch.arange(used)
-    energies = energies.cpu()
-    return {key: energies[position[idx.reshape(-1).long()]] for key, idx in selections.items()}
+    energies = coefficient_energies(take_columns(basis, union), delta)
+    return split_selections(energies, union, basis.shape[1], selections)
 
 
 def cumulative_energies(energies: torch.Tensor, ks: Iterable[int]) -> list[float]:

@@ -42,6 +42,11 @@ class TensorMemo:
                 self._bytes -= dropped
         return value
 
+    def peek(self, key: Hashable) -> Any:
+        """The memoised value of key, or None (nothing is made or reordered)."""
+        item = self._items.get(key)
+        return None if item is None else item[0]
+
     def clear(self) -> None:
         """Forget everything."""
         self._items.clear()

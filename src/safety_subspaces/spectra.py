@@ -109,14 +109,27 @@ def null_dirs_summary(ranks: Mapping[str, tuple[int, int]]) -> dict:
     }
 
 
-def difference(minuend: Checkpoint, subtrahend: Checkpoint, name: str, *, device: str = "cpu") -> torch.Tensor:
-    """W_minuend - W_subtrahend for one tensor, taken in float32 from the stored dtypes (no whole fp32 temporary)."""
-    # a contiguous copy, so its flat chunks are views; the stored tensor is freed before the subtrahend's is read
+def difference(minuend: Checkpoint, subtrahend: Checkpoint, name: str, *, device: str = "cpu",
+               rows: slice = slice(None)) -> torch.Tensor:
+    """W_minuend - W_subtrahend for one tensor (or rows of it along dim 0), in float32 from the stored dtypes (no
+    whole fp32 temporary)."""
+    # the stored minuend is freed before the subtrahend's is read
     with stage("read"):
-        result = minuend.read(name).to(device=device, dtype=torch.float32, copy=True,
-                                       memory_format=torch.contiguous_format)
-        for out, part in linalg.flat_chunks(result, subtrahend.read(name)):
-            out -= part.to(device=device, dtype=torch.float32)
+        return subtract_rows(float_rows(minuend, name, rows, device), subtrahend, name, rows)
+
+
+def float_rows(checkpoint: Checkpoint, name: str, rows: slice = slice(None), device: str = "cpu") -> torch.Tensor:
+    """Rows (along dim 0) of a stored tensor as a new contiguous float32 tensor (so its flat chunks are views)."""
+    return checkpoint.read_rows(name, rows).to(device=device, dtype=torch.float32, copy=True,
+                                               memory_format=torch.contiguous_format)
+
+
+def subtract_rows(result: torch.Tensor, subtrahend: Checkpoint | torch.Tensor, name: str = "",
+                  rows: slice = slice(None)) -> torch.Tensor:
+    """result -= the subtrahend's rows (a checkpoint's, or a float32 tensor), in place, chunk by chunk in float32."""
+    part = subtrahend if isinstance(subtrahend, torch.Tensor) else subtrahend.read_rows(name, rows)
+    for out, chunk in linalg.flat_chunks(result, part):
+        out -= chunk.to(device=result.device, dtype=torch.float32)
     return result
 
 

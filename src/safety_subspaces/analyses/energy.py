@@ -8,10 +8,13 @@ from it. The `project` command is this analysis' front end; it also writes edite
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
 
 from .. import __version__, layout, linalg, paper, profiling, progress
 from ..checkpoints import Checkpoint, TensorFilter, check_compatible, layer_index, write_checkpoint
@@ -22,7 +25,7 @@ from ..errors import UserError
 from ..files import staged_dir
 from ..names import check_name
 from ..registry import Spec
-from ..spectra import difference, null_dirs_summary
+from ..spectra import float_rows, null_dirs_summary, subtract_rows
 from ..subspaces import SUBSPACES, AlignmentSubspaces, Columns
 from ..tables import ENERGY
 from . import ANALYSES, Analysis, AnalysisContext, AnalysisResult, RunSettings, run_analysis
@@ -59,34 +62,65 @@ def tensor_energies(
 
     Per fine-tune: one float64 pass for ||Δ_T||² and <Δ_T, Δ_A/S>, one product Uᵀ Δ_T over the columns of U that
     the column kinds use (top_k and random_k share it), and one product per dense frame; ||Δ_A/S||² is the
-    spectrum's exact total.
+    spectrum's exact total. The reference's tensor is read once for every fine-tune; a tensor larger than one row
+    block (linalg.STREAM_ELEMENTS) is streamed block by block (products summed over blocks), so no whole float32
+    Δ_T or Δ_A/S is held beside U.
     """
-    delta_align = subspaces.delta_align(name)
-    spectrum = subspaces.spectrum(name, delta_align)
+    reference, device = subspaces.reference, subspaces.device
+    blocks = linalg.row_blocks(reference.infos[name].shape)
+    whole = block_deltas(subspaces, name, blocks[0]) if len(blocks) == 1 else None
+    spectrum = subspaces.spectrum(name, whole[1] if whole else None)  # streamed: Δ_A/S is formed only to decompose
     ranks = {fraction: subspaces.rank(name, fraction) for fraction in fractions}
     k_max = max(ranks.values())
     choices = {kind: subspaces.choice(name, kind, k_max) for kind in kinds}
     columns = {kind: c.indices(k_max) for kind, c in choices.items() if isinstance(c, Columns)}
     frames = {kind: c for kind, c in choices.items() if not isinstance(c, Columns)}
-    left = spectrum.left.to(subspaces.device) if columns else None
-    ks = [ranks[f] for f in fractions]
+    union = linalg.selection_union(columns) if columns else torch.zeros(0, dtype=torch.long)
+    sums = {finetune: ([], [], {}) for finetune in finetunes}  # squares, dots, coefficients by product
+    for rows in blocks:
+        reference_rows, align_rows = whole or block_deltas(subspaces, name, rows)
+        used = linalg.take_columns(spectrum.left[rows].to(device), union) if union.numel() else None
+        for finetune, checkpoint in finetunes.items():
+            with profiling.stage("read"):
+                task_rows = subtract_rows(float_rows(checkpoint, name, rows, device), reference_rows)
+            squares, dots, coefficients = sums[finetune]
+            with profiling.stage("products"):
+                parts = linalg.norm_sq_and_inner_parts(task_rows, align_rows)
+                squares.extend(parts[0])
+                dots.extend(parts[1])
+                products = {**({"columns": used} if used is not None else {}),
+                            **{kind: frame[rows] for kind, frame in frames.items()}}
+                for key, frame_rows in products.items():
+                    coefficients[key] = linalg.add_coefficients(coefficients.get(key), frame_rows, task_rows)
+            del task_rows  # free it before the next fine-tune's is read
     out = []
-    for finetune, checkpoint in finetunes.items():
-        delta_task = difference(checkpoint, subspaces.reference, name, device=subspaces.device)
-        with profiling.stage("products"):
-            total_task, dot = linalg.norm_sq_and_inner(delta_task, delta_align)
-            energies = linalg.selected_coefficient_energies(left, delta_task, columns) if columns else {}
-            energies.update({kind: linalg.coefficient_energies(frame, delta_task) for kind, frame in frames.items()})
+    for finetune, (squares, dots, coefficients) in sums.items():
+        energies = {kind: linalg.row_energies(coefficients[kind]) for kind in frames}
+        if columns:
+            energies.update(linalg.split_selections(linalg.row_energies(coefficients["columns"]), union,
+                                                    spectrum.left.shape[1], columns) if union.numel()
+                            else {kind: torch.zeros(0, dtype=torch.float64) for kind in columns})
         record = TensorEnergies(
-            finetune, name, layer_index(name), total_task, spectrum.total, dot, spectrum.is_zero, spectrum.rank,
-            spectrum.null_dirs, ranks,
+            finetune, name, layer_index(name), math.fsum(squares), spectrum.total, math.fsum(dots), spectrum.is_zero,
+            spectrum.rank, spectrum.null_dirs, ranks,
         )
         for kind in kinds:
-            for fraction, energy in zip(fractions, linalg.cumulative_energies(energies[kind], ks)):
+            for fraction, energy in zip(fractions, linalg.cumulative_energies(energies[kind], ks_of(ranks, fractions))):
                 record.parallel[(kind, fraction)] = energy
         out.append(record)
-        del delta_task  # free it before the next fine-tune's is read
     return out
+
+
+def ks_of(ranks: Mapping[float, int], fractions: Sequence[float]) -> list[int]:
+    """k for each fraction, in the fractions' order."""
+    return [ranks[f] for f in fractions]
+
+
+def block_deltas(subspaces: AlignmentSubspaces, name: str, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W_ref, Δ_A/S = W_ref - W_0) of one row block in float32, the reference's rows read once."""
+    with profiling.stage("read"):
+        reference_rows = float_rows(subspaces.reference, name, rows, subspaces.device)
+        return reference_rows, subtract_rows(reference_rows.clone(), subspaces.base, name, rows)
 
 
 def aggregate(

@@ -58,11 +58,11 @@ class EditInputs:
         """Where tensors are computed."""
         return self.subspaces.device
 
-    def delta_task(self, name: str) -> "torch.Tensor":
-        """Δ_T = W_FT - W_ref of one tensor, in float32."""
+    def delta_task(self, name: str, rows: slice = slice(None)) -> "torch.Tensor":
+        """Δ_T = W_FT - W_ref of one tensor (or rows of it along dim 0), in float32."""
         from ..spectra import difference
 
-        return difference(self.finetune, self.reference, name, device=self.device)
+        return difference(self.finetune, self.reference, name, device=self.device, rows=rows)
 
     @property
     def adapter_targets(self) -> list[str] | None:

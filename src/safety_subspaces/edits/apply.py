@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -17,24 +17,41 @@ from .projections import Projection
 EditLike = Edit | ProjectionSpec | Spec | str
 
 
-def edited_weight(edit: Edit | None, inputs: EditInputs, name: str, selected: bool) -> torch.Tensor:
-    """The new weight of one tensor: W_ref.float() + Δ̃ cast once to W_ref's dtype; W_FT itself where not selected."""
+def edited_blocks(edit: Edit | None, inputs: EditInputs, name: str, selected: bool) -> Iterator[tuple[slice, torch.Tensor]]:
+    """The new weight of one tensor in row blocks (along dim 0): W_ref.float() + Δ̃ cast once to W_ref's dtype; W_FT
+    itself where not selected. A projection streams a tensor larger than one block; other edits give it whole."""
     finetune, reference = inputs.finetune, inputs.reference
-    if edit is None or not selected:
-        return finetune.read(name).to(reference.infos[name].dtype)
-    weight = reference.read(name)
-    if not weight.is_floating_point():
-        return finetune.read(name)
-    exact = edit.exact(inputs, name)
-    if exact == "finetune":
-        return finetune.read(name).to(weight.dtype)
-    if exact == "reference":
-        return weight
-    delta_task = inputs.delta_task(name)
-    update = edit.delta(inputs, name, delta_task)
-    del delta_task
-    # a projection's update is its own new buffer: W is added into it (no whole float32 copy of W)
-    return linalg.add_update(weight.to(inputs.device), update, consume=isinstance(edit, Projection)).cpu()
+    info = reference.infos[name]
+    blocks = linalg.row_blocks(info.shape)
+    exact = None if edit is None or not selected or not info.dtype.is_floating_point else edit.exact(inputs, name)
+    if edit is None or not selected or exact == "finetune":
+        yield from ((rows, finetune.read_rows(name, rows).to(info.dtype)) for rows in blocks)
+    elif not info.dtype.is_floating_point:
+        yield from ((rows, finetune.read_rows(name, rows)) for rows in blocks)
+    elif exact == "reference":
+        yield from ((rows, reference.read_rows(name, rows)) for rows in blocks)
+    elif len(blocks) > 1 and isinstance(edit, Projection):
+        for rows, update in edit.delta_blocks(inputs, name, blocks):
+            yield rows, linalg.add_update(reference.read_rows(name, rows).to(inputs.device), update, consume=True).cpu()
+    else:
+        delta_task = inputs.delta_task(name)
+        update = edit.delta(inputs, name, delta_task)
+        del delta_task
+        # a projection's update is its own new buffer: W is added into it (no whole float32 copy of W)
+        weight = reference.read(name).to(inputs.device)
+        yield slice(None), linalg.add_update(weight, update, consume=isinstance(edit, Projection)).cpu()
+
+
+def edited_weight(edit: Edit | None, inputs: EditInputs, name: str, selected: bool) -> torch.Tensor:
+    """The new weight of one tensor, whole (its row blocks from edited_blocks put together)."""
+    whole = None
+    for rows, part in edited_blocks(edit, inputs, name, selected):
+        if rows == slice(None):
+            return part
+        if whole is None:
+            whole = torch.empty(inputs.reference.infos[name].shape, dtype=part.dtype)
+        whole[rows] = part
+    return whole
 
 
 def prepared(edit: Edit | None, inputs: EditInputs, names: Sequence[str], select: Callable[[str], bool]) -> None:
@@ -72,11 +89,21 @@ class LiveModel:
         self.state = "reference"
 
     @torch.no_grad()
-    def _set(self, name: str, value: torch.Tensor) -> None:
-        """Copy a new value into a parameter."""
+    def _set(self, name: str, value: torch.Tensor, rows: slice = slice(None)) -> None:
+        """Copy a new value into a parameter (or into rows of it along dim 0)."""
         param = self.params[name]
-        param.data.copy_(value.to(device=param.device, dtype=param.dtype))
+        param.data[rows].copy_(value.to(device=param.device, dtype=param.dtype))
         self.touched.add(name)
+
+    def _set_blocks(self, name: str, blocks: Iterable[tuple[slice, torch.Tensor]]) -> None:
+        """Copy a new value into a parameter row block by row block."""
+        for rows, value in blocks:
+            self._set(name, value, rows)
+
+    def _read_into(self, name: str, checkpoint: Checkpoint) -> None:
+        """Copy a checkpoint's tensor into a parameter in row blocks."""
+        self._set_blocks(name, ((rows, checkpoint.read_rows(name, rows))
+                                for rows in linalg.row_blocks(checkpoint.infos[name].shape)))
 
     def apply(self, finetune: Checkpoint, edit: EditLike | None, select: Callable[[str], bool] = TensorFilter(),
               others: Mapping[str, Checkpoint] | None = None) -> Edit | None:
@@ -86,7 +113,7 @@ class LiveModel:
         inputs = EditInputs(self.subspaces, finetune, others)
         prepared(built, inputs, list(self.params), select)
         for name in self.params:
-            self._set(name, edited_weight(built, inputs, name, select(name)))
+            self._set_blocks(name, edited_blocks(built, inputs, name, select(name)))
         self.state = f"{finetune.role}:{built.label if built else 'full'}"
         return built
 
@@ -94,13 +121,13 @@ class LiveModel:
         """Set the weights of another compatible checkpoint (e.g. the base model)."""
         self.restore()
         for name in self.params:
-            self._set(name, checkpoint.read(name))
+            self._read_into(name, checkpoint)
         self.state = checkpoint.role
 
     def restore(self) -> None:
         """Undo: put the reference weights back into every touched parameter."""
         for name in sorted(self.touched):
-            self._set(name, self.subspaces.reference.read(name))
+            self._read_into(name, self.subspaces.reference)
         self.touched.clear()
         self.state = "reference"
 

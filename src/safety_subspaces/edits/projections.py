@@ -7,7 +7,7 @@ parallel energy ‖P Δ_T‖², which lets the energy table fill every scheme fr
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Sequence
 
 from . import EDITS, Edit, EditInputs, check_fraction
 
@@ -50,6 +50,23 @@ class Projection(Edit):
         k = inputs.subspaces.rank(name, self.fraction)
         matrix, parallel = parallel_part(inputs.subspaces.frame(name, self.subspace, k), delta_task)
         return self.combine(matrix, parallel).reshape(delta_task.shape)
+
+    def delta_blocks(self, inputs: EditInputs, name: str, blocks: Sequence[slice]) -> Iterator[tuple[slice, "torch.Tensor"]]:
+        """Δ̃ row block by row block: Bᵀ Δ_T summed over Δ_T's row blocks, then each block's Δ̃ from B's rows (no whole
+        float32 Δ_T, P Δ_T or Δ̃; Δ_T's rows are read twice)."""
+        from ..linalg import add_coefficients, as_matrix
+
+        subspaces = inputs.subspaces
+        k = subspaces.rank(name, self.fraction)
+        choice = subspaces.choice(name, self.subspace, k)
+        coefficients = None
+        for rows in blocks:
+            coefficients = add_coefficients(coefficients, subspaces.frame_rows(name, choice, k, rows),
+                                            inputs.delta_task(name, rows))
+        for rows in blocks:
+            delta_rows = inputs.delta_task(name, rows)
+            parallel = subspaces.frame_rows(name, choice, k, rows).float() @ coefficients
+            yield rows, self.combine(as_matrix(delta_rows), parallel).reshape(delta_rows.shape)
 
     @classmethod
     def combine(cls, matrix: "torch.Tensor", parallel: "torch.Tensor") -> "torch.Tensor":

@@ -434,7 +434,9 @@ class Study:
     device: str = "auto"
     dtype: str = "auto"
     threads: int | None = None
-    memory_gb: float = 4.0  # per worker: tensors and bases kept in memory between projected models
+    # per worker: tensors and bases kept in memory between projected models (None: a quarter of the reference
+    # model's stored size, at least 64 MiB; see study/worker.py memo_budget)
+    memory_gb: float | None = None
     allow_pickle: bool = False  # accept pickle-only checkpoints (read with torch.load(weights_only=True))
 
     @staticmethod

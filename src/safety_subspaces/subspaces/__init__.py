@@ -129,10 +129,13 @@ class AlignmentSubspaces:
 
     def frame(self, name: str, kind: str, k: int) -> torch.Tensor:
         """The first k columns of the subspace frame of a kind; seeded by (seed, tensor name, kind)."""
-        choice = self.choice(name, kind, k)
+        return self.frame_rows(name, self.choice(name, kind, k), k, slice(None))
+
+    def frame_rows(self, name: str, choice: Columns | torch.Tensor, k: int, rows: slice) -> torch.Tensor:
+        """Rows of the first k columns of a frame from choice(name, kind, k), on the device (a gather of those rows only)."""
         if isinstance(choice, Columns):
-            return choice.take(self.spectrum(name).left.to(self.device), k)
-        return choice
+            return choice.take(self.spectrum(name).left[rows].to(self.device), k)
+        return choice[rows]
 
     def operator(self, name: str, projector: str, kind: str, fraction: float | None = None) -> defence_math.AlignmentOperator:
         """Safe LoRA's C (projector safe_lora) or P_k at a rank fraction (exact) of a tensor, built on a kind's frame.
