@@ -26,7 +26,9 @@ every procedure finds them in the page cache.
 - study worker (skip with --skip-study): `safety-subspaces run` of a small study (the references and four projected
   variants of the harmful fine-tune, evaluated in memory in bf16 with the refusal judge on 8 prompts, 8 new tokens,
   batch 8; utility, weight and activation overlap off; energy on; local executor, so the process is the worker),
-  its peak RSS against 1.5 x the model's size in bf16 + one fp32 copy of its largest tensor.
+  its peak RSS against 1.5 x the model's size in bf16 + the largest tensor's fp32 workspace (its Δ and its factor U:
+  2 x m x n x 4 bytes, what decomposing it needs at once), also above the interpreter's baseline (the worker's
+  imports alone) and against the stricter 1.5 x model + one fp32 copy.
 
 Prints the JSON report and then a markdown summary table.
 """
@@ -468,10 +470,15 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         # the interpreter's baseline: the worker's imports (torch, transformers, the study code), nothing loaded
         baseline = measured("interpreter_baseline", [sys.executable, "-c", BASELINE_IMPORTS], study_env, logs)
         model_bytes = 2 * params
-        workspace = 4 * largest[0] * largest[1]
+        largest_fp32 = 4 * largest[0] * largest[1]
+        # the largest tensor's workspace: its Δ and its factor U in fp32 (decomposing Δ_A forms U while Δ_A is held;
+        # every other step streams row blocks beside U or a frame)
+        workspace = 2 * largest_fp32
         bound = 1.5 * model_bytes + workspace
         above = study["peak_rss_bytes"] - baseline["peak_rss_bytes"]
-        study.update({"model_bytes_bf16": model_bytes, "largest_tensor_fp32_bytes": workspace,
+        study.update({"model_bytes_bf16": model_bytes, "largest_tensor_fp32_bytes": largest_fp32,
+                      "workspace_bytes": workspace, "bound_one_fp32_copy_bytes": int(1.5 * model_bytes + largest_fp32),
+                      "peak_above_baseline_vs_bound_one_fp32_copy": ratio(above, 1.5 * model_bytes + largest_fp32),
                       "bound_bytes": int(bound), "peak_vs_bound": ratio(study["peak_rss_bytes"], bound),
                       "peak_vs_model": ratio(study["peak_rss_bytes"], model_bytes),
                       "interpreter_baseline_bytes": baseline["peak_rss_bytes"], "peak_above_baseline_bytes": above,
