@@ -390,22 +390,6 @@ def split_selections(energies: torch.Tensor, union: torch.Tensor, width: int,
     return {key: energies[position[idx.reshape(-1).long()]] for key, idx in selections.items()}
 
 
-def selected_coefficient_energies(basis: torch.Tensor, delta: torch.Tensor,
-                                  selections: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """coefficient_energies of basis[:, idx] for each selection idx, from one product over the columns they use.
-
-    Each column of the basis is multiplied once however many selections use it; a selection that is a prefix
-    basis[:, :k] (and nothing else) gives the same product as coefficient_energies(basis[:, :k], delta).
-    """
-    if not selections:
-        return {}
-    union = selection_union(selections)
-    if int(union.numel()) == 0:
-        return {key: torch.zeros(0, dtype=torch.float64) for key in selections}
-    energies = coefficient_energies(take_columns(basis, union), delta)
-    return split_selections(energies, union, basis.shape[1], selections)
-
-
 def cumulative_energies(energies: torch.Tensor, ks: Iterable[int]) -> list[float]:
     """sum_{i<k} e_i for each k: the parallel energy of the first k frame columns from their coefficient energies."""
     cumulative = torch.cumsum(energies, dim=0)

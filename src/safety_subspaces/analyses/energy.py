@@ -76,44 +76,48 @@ def tensor_energies(
     columns = {kind: c.indices(k_max) for kind, c in choices.items() if isinstance(c, Columns)}
     frames = {kind: c for kind, c in choices.items() if not isinstance(c, Columns)}
     union = linalg.selection_union(columns) if columns else torch.zeros(0, dtype=torch.long)
-    sums = {finetune: ([], [], {}) for finetune in finetunes}  # squares, dots, coefficients by product
+    sums = {finetune: ([], [], {}) for finetune in finetunes}  # squares, dots, summed products (None: U's columns)
     for rows in blocks:
         reference_rows, align_rows = whole or block_deltas(subspaces, name, rows)
-        used = linalg.take_columns(spectrum.left[rows].to(device), union) if union.numel() else None
+        products = {kind: frame[rows] for kind, frame in frames.items()}
+        if union.numel():
+            products[None] = linalg.take_columns(spectrum.left[rows].to(device), union)
         for finetune, checkpoint in finetunes.items():
             with profiling.stage("read"):
                 task_rows = subtract_rows(float_rows(checkpoint, name, rows, device), reference_rows)
             squares, dots, coefficients = sums[finetune]
             with profiling.stage("products"):
-                parts = linalg.norm_sq_and_inner_parts(task_rows, align_rows)
-                squares.extend(parts[0])
-                dots.extend(parts[1])
-                products = {**({"columns": used} if used is not None else {}),
-                            **{kind: frame[rows] for kind, frame in frames.items()}}
+                block_squares, block_dots = linalg.norm_sq_and_inner_parts(task_rows, align_rows)
+                squares.extend(block_squares)
+                dots.extend(block_dots)
                 for key, frame_rows in products.items():
                     coefficients[key] = linalg.add_coefficients(coefficients.get(key), frame_rows, task_rows)
             del task_rows  # free it before the next fine-tune's is read
+    ks = [ranks[f] for f in fractions]
     out = []
     for finetune, (squares, dots, coefficients) in sums.items():
-        energies = {kind: linalg.row_energies(coefficients[kind]) for kind in frames}
-        if columns:
-            energies.update(linalg.split_selections(linalg.row_energies(coefficients["columns"]), union,
-                                                    spectrum.left.shape[1], columns) if union.numel()
-                            else {kind: torch.zeros(0, dtype=torch.float64) for kind in columns})
+        energies = kind_energies(coefficients, columns, union, spectrum.left.shape[1])
         record = TensorEnergies(
             finetune, name, layer_index(name), math.fsum(squares), spectrum.total, math.fsum(dots), spectrum.is_zero,
             spectrum.rank, spectrum.null_dirs, ranks,
         )
         for kind in kinds:
-            for fraction, energy in zip(fractions, linalg.cumulative_energies(energies[kind], ks_of(ranks, fractions))):
+            for fraction, energy in zip(fractions, linalg.cumulative_energies(energies[kind], ks)):
                 record.parallel[(kind, fraction)] = energy
         out.append(record)
     return out
 
 
-def ks_of(ranks: Mapping[float, int], fractions: Sequence[float]) -> list[int]:
-    """k for each fraction, in the fractions' order."""
-    return [ranks[f] for f in fractions]
+def kind_energies(coefficients: Mapping[str | None, torch.Tensor], columns: Mapping[str, torch.Tensor],
+                  union: torch.Tensor, width: int) -> dict[str, torch.Tensor]:
+    """Each kind's coefficient energies from the summed products: a dense frame's own, the column kinds' from the one
+    product over the union of U's columns they use (key None; absent when they use none)."""
+    energies = {kind: linalg.row_energies(product) for kind, product in coefficients.items() if kind is not None}
+    if None in coefficients:
+        energies.update(linalg.split_selections(linalg.row_energies(coefficients[None]), union, width, columns))
+    else:
+        energies.update({kind: torch.zeros(0, dtype=torch.float64) for kind in columns})
+    return energies
 
 
 def block_deltas(subspaces: AlignmentSubspaces, name: str, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:

@@ -434,9 +434,9 @@ class Study:
     device: str = "auto"
     dtype: str = "auto"
     threads: int | None = None
-    # per worker: tensors and bases kept in memory between projected models (None: a quarter of the reference
-    # model's stored size, at least 64 MiB; see study/worker.py memo_budget)
-    memory_gb: float | None = None
+    # per worker: tensors and bases kept in memory between projected models. 64 MiB holds the whole organism; at
+    # real sizes reads from the page cache cost less than the memory (BENCHMARKS.md, "Real-model scale")
+    memory_gb: float = 0.0625
     allow_pickle: bool = False  # accept pickle-only checkpoints (read with torch.load(weights_only=True))
 
     @staticmethod

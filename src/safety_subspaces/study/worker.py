@@ -31,17 +31,6 @@ class Context:
     profile: bool = False  # write each job's stage times to RUN_DIR/profile/JOB.json
 
 
-AUTO_MEMO_SHARE = 0.25  # memory_gb unset: the memos hold at most a quarter of the reference model's stored size
-AUTO_MEMO_MIN_BYTES = 64 * 1024**2  # ... and at least this (the whole organism, and every small model's spectra)
-
-
-def memo_budget(memory_gb: float | None, model_bytes: int) -> int:
-    """Bytes a worker's memos may hold in all: memory_gb, or (None) a quarter of the model's size, at least 64 MiB."""
-    if memory_gb is not None:
-        return int(memory_gb * 1024**3)
-    return max(AUTO_MEMO_MIN_BYTES, int(AUTO_MEMO_SHARE * model_bytes))
-
-
 class Worker:
     """Runs jobs; loads the reference model once and keeps it resident."""
 
@@ -59,24 +48,12 @@ class Worker:
 
             configure_threads(context.threads)
         self._checkpoints: dict[str, Any] = {}
-        self._keep_bytes: int | None = None
+        self.keep_bytes = int(self.study.memory_gb * 1024**3 / 8)  # per checkpoint; bases get a quarter of the budget
         self._resident: tuple[Any, Any] | None = None
         self._subspaces: dict[int, Any] = {}
         self._live = None
         self._judges: dict[str, Any] = {}
         self._analysis_contexts: dict[int, WorkerContext] = {}
-
-    @property
-    def keep_bytes(self) -> int:
-        """Bytes each checkpoint's tensor memo may hold: an eighth of the memo budget (the spectra get a quarter)."""
-        if self._keep_bytes is None:
-            from ..checkpoints import Checkpoint
-
-            reference = Checkpoint(self.context.models[self.reference], role=self.reference,
-                                   allow_pickle=self.study.allow_pickle)
-            size = sum(reference.infos[name].nbytes for name in reference.names)
-            self._keep_bytes = memo_budget(self.study.memory_gb, size) // 8
-        return self._keep_bytes
 
     def checkpoint(self, role: str):
         """The lazily opened checkpoint of a model role."""
