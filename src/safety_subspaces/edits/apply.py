@@ -92,7 +92,8 @@ class LiveModel:
     def _set(self, name: str, value: torch.Tensor, rows: slice = slice(None)) -> None:
         """Copy a new value into a parameter (or into rows of it along dim 0)."""
         param = self.params[name]
-        param.data[rows].copy_(value.to(device=param.device, dtype=param.dtype))
+        target = param.data if rows == slice(None) else param.data[rows]  # a 0-d parameter takes no slice
+        target.copy_(value.to(device=param.device, dtype=param.dtype))
         self.touched.add(name)
 
     def _set_blocks(self, name: str, blocks: Iterable[tuple[slice, torch.Tensor]]) -> None:
