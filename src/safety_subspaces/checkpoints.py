@@ -264,6 +264,16 @@ class Checkpoint:
 
 
 
+def stored_state(reference: Checkpoint, weight_of: Callable[[str], torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, weight_of(name)) for every canonical tensor of the reference's layout, each tied alias right after its
+    tensor with a copy of it (shards cannot share storage)."""
+    for canonical in reference.names:
+        tensor = weight_of(canonical)
+        yield canonical, tensor
+        for alias in sorted(a for a, c in reference.aliases.items() if c == canonical):
+            yield alias, tensor.clone()
+
+
 def read_tensor(info: TensorInfo, *, role: str, rows: slice = slice(None)) -> torch.Tensor:
     """One safetensors tensor (or rows of it along dim 0) read with plain file I/O (no memory map, so it leaves nothing
     resident once freed)."""

@@ -19,7 +19,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 import torch
 
@@ -37,6 +37,7 @@ DEFAULT_BUDGET_GB = 20.0
 FACTOR_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 LAST_USED = ".last-used"
 ENTRY_NAME = re.compile(r"[0-9a-f]{24}")  # an entry's directory name: its 12-byte blake2b key in hex
+T = TypeVar("T")
 _IN_USE: set[Path] = set()  # cache entries this process has used (never evicted by it)
 
 
@@ -166,18 +167,15 @@ class SpectrumCache:
     def load(self, name: str) -> Spectrum | None:
         """The cached spectrum of a tensor, or None (an unreadable entry counts as missing)."""
         path = self._path(name)
-        if not path.exists():
-            return None
-        from safetensors import safe_open
+        if path.exists():
+            self.touch()
 
-        self.touch()
-        try:
-            with stage("cache"), safe_open(str(path), framework="pt", device="cpu") as handle:
-                meta = handle.metadata()
-                return Spectrum(handle.get_tensor("left").float(), handle.get_tensor("singular"), float(meta["total"]),
-                                int(meta["rank_bound"]), float(meta.get("factor_error", 0.0)))
-        except Exception:
-            return None
+        def spectrum(handle) -> Spectrum:
+            meta = handle.metadata()
+            return Spectrum(handle.get_tensor("left").float(), handle.get_tensor("singular"), float(meta["total"]),
+                            int(meta["rank_bound"]), float(meta.get("factor_error", 0.0)))
+
+        return read_entry(path, spectrum)
 
     def store(self, name: str, spectrum: Spectrum) -> None:
         """Write one tensor's spectrum atomically (its left factor in the cache's factor dtype)."""
@@ -225,22 +223,26 @@ class SpectrumCache:
 
     def load_frame(self, name: str, key: str) -> torch.Tensor | None:
         """A cached frame derived from this tensor's spectrum (key: kind, seed, width), or None (unreadable: missing)."""
-        path = self._frame_path(name, key)
-        if not path.exists():
-            return None
-        from safetensors import safe_open
-
-        try:
-            with stage("cache"), safe_open(str(path), framework="pt", device="cpu") as handle:
-                return handle.get_tensor("frame")
-        except Exception:
-            return None
+        return read_entry(self._frame_path(name, key), lambda handle: handle.get_tensor("frame"))
 
     def store_frame(self, name: str, key: str, frame: torch.Tensor) -> None:
         """Write a frame derived from this tensor's spectrum atomically (on the CPU, bits unchanged)."""
         with stage("cache"):
             write_safetensors(self._frame_path(name, key), {"frame": frame.detach().cpu().contiguous()},
                               {"name": name, "key": key})
+
+
+def read_entry(path: Path, read: Callable[[Any], T]) -> T | None:
+    """read(safetensors handle) of one cache file, or None when it is missing or unreadable (it counts as missing)."""
+    if not path.exists():
+        return None
+    from safetensors import safe_open
+
+    try:
+        with stage("cache"), safe_open(str(path), framework="pt", device="cpu") as handle:
+            return read(handle)
+    except Exception:
+        return None
 
 
 @dataclass(frozen=True)

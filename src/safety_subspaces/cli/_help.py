@@ -216,8 +216,6 @@ def add_profile(parser: argparse.ArgumentParser) -> None:
 
 def print_profile(rows: list[dict] | None) -> None:
     """Print a profile table to stderr (stdout stays the command's result, e.g. its --json)."""
-    import sys
-
     from ..profiling import format_table
 
     if rows:

@@ -78,9 +78,9 @@ def run(args: argparse.Namespace) -> int:
         allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
     )
     result = defend(config)
-    record = json.loads((result.out / "defence.json").read_text(encoding="utf-8"))
+    record = result.record  # what defence.json holds, and its form
     if args.json:
-        json.dump({**record, "form": result.form, "out": str(result.out)}, sys.stdout, indent=2)
+        json.dump({**record, "out": str(result.out)}, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
     pooled = record["pooled"]

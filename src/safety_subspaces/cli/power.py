@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from ..study import power
 
     if args.pilot is not None:
-        sd, _, source = power.pilot_sd(args.pilot, args.metric, power.parse_selector(args.a, "--a"),
+        sd, source = power.pilot_sd(args.pilot, args.metric, power.parse_selector(args.a, "--a"),
                                        power.parse_selector(args.b, "--b"))
     else:
         if args.a or args.b:

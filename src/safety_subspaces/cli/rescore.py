@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ._help import add_allow_pickle, add_command, add_spec_options, show_registries
+from ._help import add_allow_pickle, add_command, add_spec_options, show_registries, specs
 
 EXAMPLES = """\
   # an evaluate harm run, judged again by WildGuard and by StrongREJECT (local weights)
@@ -41,7 +41,6 @@ def run_rescore(args: argparse.Namespace) -> int:
     from ..evaluate import JUDGES, JudgeRuntime, make_judge
     from ..study.rescore import rescore
     from ..runtime import resolve_device
-    from ._help import specs
 
     chosen = specs(JUDGES, args.judge, "--judge")
     if not chosen:

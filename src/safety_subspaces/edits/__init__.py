@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping, Sequence
 
 from ..errors import UserError
 from ..registry import Registry, Spec
@@ -64,6 +64,12 @@ class EditInputs:
 
         return difference(self.finetune, self.reference, name, device=self.device, rows=rows)
 
+    def update_of(self, role: str, name: str) -> "torch.Tensor":
+        """W_other - W_ref of one tensor for another checkpoint the edit reads (a safety or harmful fine-tune), in float32."""
+        from ..spectra import difference
+
+        return difference(self.checkpoint(role), self.reference, name, device=self.device)
+
     @property
     def adapter_targets(self) -> list[str] | None:
         """The weights a LoRA fine-tune adapts (None: the fine-tune is a full checkpoint)."""
@@ -97,6 +103,11 @@ class Edit:
     def delta(self, inputs: EditInputs, name: str, delta_task: "torch.Tensor") -> "torch.Tensor":
         """Δ̃ of one tensor (the same shape as Δ_T, float32)."""
         raise NotImplementedError
+
+    def delta_blocks(self, inputs: EditInputs, name: str, blocks: Sequence[slice]
+                     ) -> "Iterator[tuple[slice, torch.Tensor]]":
+        """Δ̃ in row blocks (along dim 0) of the given plan; by default the whole tensor in one block, from delta."""
+        yield slice(None), self.delta(inputs, name, inputs.delta_task(name))
 
     def adapter(self, inputs: EditInputs, name: str, lora_b: "torch.Tensor", lora_a: "torch.Tensor"
                 ) -> "tuple[torch.Tensor, torch.Tensor] | None":

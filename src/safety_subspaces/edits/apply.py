@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import torch
 
 from .. import linalg
-from ..checkpoints import Checkpoint, TensorFilter
+from ..checkpoints import Checkpoint, TensorFilter, stored_state
 from ..errors import UserError
 from ..registry import Spec
 from ..subspaces import AlignmentSubspaces
@@ -19,7 +19,7 @@ EditLike = Edit | ProjectionSpec | Spec | str
 
 def edited_blocks(edit: Edit | None, inputs: EditInputs, name: str, selected: bool) -> Iterator[tuple[slice, torch.Tensor]]:
     """The new weight of one tensor in row blocks (along dim 0): W_ref.float() + Δ̃ cast once to W_ref's dtype; W_FT
-    itself where not selected. A projection streams a tensor larger than one block; other edits give it whole."""
+    itself where not selected. The edit's delta_blocks decides (a projection streams a tensor larger than one block)."""
     finetune, reference = inputs.finetune, inputs.reference
     info = reference.infos[name]
     blocks = linalg.row_blocks(info.shape)
@@ -30,16 +30,11 @@ def edited_blocks(edit: Edit | None, inputs: EditInputs, name: str, selected: bo
         yield from ((rows, finetune.read_rows(name, rows)) for rows in blocks)
     elif exact == "reference":
         yield from ((rows, reference.read_rows(name, rows)) for rows in blocks)
-    elif len(blocks) > 1 and isinstance(edit, Projection):
-        for rows, update in edit.delta_blocks(inputs, name, blocks):
-            yield rows, linalg.add_update(reference.read_rows(name, rows).to(inputs.device), update, consume=True).cpu()
     else:
-        delta_task = inputs.delta_task(name)
-        update = edit.delta(inputs, name, delta_task)
-        del delta_task
-        # a projection's update is its own new buffer: W is added into it (no whole float32 copy of W)
-        weight = reference.read(name).to(inputs.device)
-        yield slice(None), linalg.add_update(weight, update, consume=isinstance(edit, Projection)).cpu()
+        for rows, update in edit.delta_blocks(inputs, name, blocks):
+            # a projection's update is its own new buffer: W is added into it (no whole float32 copy of W)
+            weight = reference.read_rows(name, rows).to(inputs.device)
+            yield rows, linalg.add_update(weight, update, consume=isinstance(edit, Projection)).cpu()
 
 
 def edited_weight(edit: Edit | None, inputs: EditInputs, name: str, selected: bool) -> torch.Tensor:
@@ -63,13 +58,8 @@ def prepared(edit: Edit | None, inputs: EditInputs, names: Sequence[str], select
 def edited_state(edit: EditLike, inputs: EditInputs, select: Callable[[str], bool]) -> Iterator[tuple[str, torch.Tensor]]:
     """Every stored tensor of the reference layout with the edit applied (a tied alias gets a copy of its tensor)."""
     edit = make_edit(edit)
-    reference = inputs.reference
-    prepared(edit, inputs, reference.names, select)
-    for canonical in reference.names:
-        tensor = edited_weight(edit, inputs, canonical, select(canonical))
-        yield canonical, tensor
-        for alias in sorted(a for a, c in reference.aliases.items() if c == canonical):
-            yield alias, tensor.clone()  # shards cannot share storage
+    prepared(edit, inputs, inputs.reference.names, select)
+    return stored_state(inputs.reference, lambda name: edited_weight(edit, inputs, name, select(name)))
 
 
 class LiveModel:

@@ -53,9 +53,12 @@ class Projection(Edit):
 
     def delta_blocks(self, inputs: EditInputs, name: str, blocks: Sequence[slice]) -> Iterator[tuple[slice, "torch.Tensor"]]:
         """Δ̃ row block by row block: Bᵀ Δ_T summed over Δ_T's row blocks, then each block's Δ̃ from B's rows (no whole
-        float32 Δ_T, P Δ_T or Δ̃; Δ_T's rows are read twice)."""
+        float32 Δ_T, P Δ_T or Δ̃; Δ_T's rows are read twice). One block: delta on the whole tensor (read once)."""
         from ..linalg import add_coefficients, as_matrix
 
+        if len(blocks) == 1:
+            yield from super().delta_blocks(inputs, name, blocks)
+            return
         subspaces = inputs.subspaces
         k = subspaces.rank(name, self.fraction)
         choice = subspaces.choice(name, self.subspace, k)

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any, Sequence
 from .. import defence_math, linalg
 from ..errors import UserError
 from ..runtime import stable_seed
-from ..spectra import difference
 from . import EDITS, Edit, EditInputs, check_fraction
 from .defence import module_record
 
@@ -50,7 +49,7 @@ class Resta(Edit):
 
     def delta(self, inputs: EditInputs, name: str, delta_task: "torch.Tensor") -> "torch.Tensor":
         """DARE(Δ_T) − β Δ_H of one tensor, recorded with its energy."""
-        harmful = difference(inputs.checkpoint("harmful"), inputs.reference, name, device=inputs.device)
+        harmful = inputs.update_of("harmful", name)
         edited = defence_math.resta_delta(delta_task, harmful, beta=self.beta, density=self.density,
                                           seed=stable_seed(inputs.seed, name, "dare"), rescale=self.rescale)
         self._records[name] = module_record(name, None, True, linalg.frobenius_sq(edited), linalg.frobenius_sq(delta_task))

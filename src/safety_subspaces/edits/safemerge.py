@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any, Literal
 from .. import defence_math
 from ..errors import UserError
 from ..runtime import stable_seed
-from ..spectra import difference
 from . import EDITS, EditInputs, check_fraction
 from .defence import GatedDefence
 
@@ -60,7 +59,7 @@ class SafeMerge(GatedDefence):
 
     def edit(self, inputs: EditInputs, name: str, delta_task: "torch.Tensor") -> "torch.Tensor":
         """w₁ Δ_T + w₂ Δ_S' (each DARE'd first under dare_linear)."""
-        safety = difference(inputs.checkpoint("safety_update"), inputs.reference, name, device=inputs.device)
+        safety = inputs.update_of("safety_update", name)
         seeds = [stable_seed(inputs.seed, name, "dare", i) for i in range(2)]
         return defence_math.merge_updates([delta_task, safety], self.weights, combination=self.combination,
                                           density=self.density, seeds=seeds, rescale=self.rescale)

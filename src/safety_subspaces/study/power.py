@@ -88,9 +88,9 @@ def plan_power(metric: str, n: int, sd: float, source: str, *, effect: float | N
                      stats.power_of(effect, sd, n, alpha=alpha), items_for(effect, sd, alpha=alpha, power=power))
 
 
-def pilot_sd(run_dir: Path, metric: str, a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[float, int, str]:
-    """The paired SD of per-item differences a − b in a stored run (the headline metric of a metric group), its n and
-    a description; seeded variants use their first seed."""
+def pilot_sd(run_dir: Path, metric: str, a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[float, str]:
+    """The paired SD of per-item differences a − b in a stored run (the headline metric of a metric group) and a
+    description naming its n; seeded variants use their first seed."""
     from ..evaluate.comparisons import describe, outcomes, shared_keys
     from .report import load_run
 
@@ -112,7 +112,7 @@ def pilot_sd(run_dir: Path, metric: str, a: Mapping[str, Any], b: Mapping[str, A
     if math.isnan(sd):
         raise UserError(f"--pilot: {describe(a)} and {describe(b)} share fewer than two valid items")
     by = f", judge {judge}" if judge else ""
-    return sd, len(keys), f"pilot {run_dir}: {describe(a)} − {describe(b)} on {len(keys)} items{by}"
+    return sd, f"pilot {run_dir}: {describe(a)} − {describe(b)} on {len(keys)} items{by}"
 
 
 def _default_judge(study, items: Sequence[Mapping[str, Any]]) -> str:

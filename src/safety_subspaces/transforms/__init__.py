@@ -40,11 +40,6 @@ class Transform:
         """Per-tensor records of the last application (none by default)."""
         return []
 
-    @property
-    def spec(self) -> Spec:
-        """The transform as a registry spec."""
-        return Spec(self.name, self.options())
-
 
 def make_transform(spec: Spec | Transform | str, where: str = "transform") -> Transform:
     """A Transform from a registry spec, a name, or a Transform itself."""
@@ -58,10 +53,12 @@ def make_transform(spec: Spec | Transform | str, where: str = "transform") -> Tr
 
 def transformed_state(transform: Transform, subspaces: "AlignmentSubspaces") -> Iterator[tuple[str, "torch.Tensor"]]:
     """Every stored tensor of the reference with the transform applied (a tied alias gets a copy of its tensor)."""
+    from ..checkpoints import stored_state
+
     reference = subspaces.reference
-    for canonical in reference.names:
-        new = transform.weight(subspaces, canonical) if reference.infos[canonical].dtype.is_floating_point else None
-        tensor = reference.read(canonical) if new is None else new
-        yield canonical, tensor
-        for alias in sorted(a for a, c in reference.aliases.items() if c == canonical):
-            yield alias, tensor.clone()  # shards cannot share storage
+
+    def weight_of(name: str) -> "torch.Tensor":
+        new = transform.weight(subspaces, name) if reference.infos[name].dtype.is_floating_point else None
+        return reference.read(name) if new is None else new
+
+    return stored_state(reference, weight_of)

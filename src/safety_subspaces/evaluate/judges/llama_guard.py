@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Callable, Literal, Sequence
 
@@ -17,8 +18,9 @@ DECLARED = re.compile(r"^(S\d+): (.*?)\s*$", re.MULTILINE)
 PROBE = ("PROBE-REQUEST-q7Zx", "PROBE-REPLY-k3Wv")
 
 
+@functools.cache
 def taxonomies() -> dict[str, dict[str, dict[str, str | None]]]:
-    """Category tables per model (code → card name and prompt name), from the data file."""
+    """Category tables per model (code → card name and prompt name), from the data file (read once; treat as read-only)."""
     return {key: value for key, value in local.read_data(CATEGORIES_FILE).items() if not key.startswith("_")}
 
 

@@ -50,11 +50,6 @@ class Constraint:
         """The penalty for this model (full or PEFT LoRA), whose weights now are the reference's."""
         raise NotImplementedError
 
-    @property
-    def spec(self) -> Spec:
-        """The constraint as a registry spec."""
-        return Spec(self.name, self.options())
-
 
 def constraint_spec(value: Any, where: str = "constraint") -> Spec | None:
     """A recipe's constraint (NAME, {name: NAME, k: v} or a Spec) as a Spec with every option checked; None stays None."""

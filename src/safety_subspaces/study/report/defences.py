@@ -13,7 +13,7 @@ from ...errors import UserError
 from ...evaluate.comparisons import comparison_row, compare, outcomes, select
 from ...runtime import stable_seed
 from ..config import DefenceEntry, Study
-from .paper_tables import Cell, cell_html, fmt, headline, value_of
+from .paper_tables import cell_html, fmt, headline, value_of
 
 FAMILY = "defences"
 DIFFERENCE = "difference"
@@ -112,8 +112,7 @@ def defences_html(tables: Mapping[str, Sequence[Mapping[str, Any]]], study: Stud
                 for group, metric, judge in columns:
                     match = {**where, "metric": metric, "layer": None, **({"judge": judge} if judge else {})}
                     cell = value_of(evaluation, items, bootstrap=study.inference.bootstrap, level=study.inference.level,
-                                    **match) if any(all(r.get(k) == v for k, v in match.items()) for r in evaluation) \
-                        else Cell(None)
+                                    **match)  # Cell(None) where no row matches
                     cells.append(f"<td>{cell_html(cell)}</td>")
                 body.append(f"<tr><td>{html.escape(label)}</td>{''.join(cells)}<td>{energy_cell(evaluation, where)}</td></tr>")
             options = ", ".join(f"{k}={v}" for k, v in entry.options.items()) or "defaults"
